@@ -1,0 +1,3 @@
+"""Model builders, registered by name in ``fwdbwd_lib.registry.models``."""
+
+from fwdbwd_lib.models import vision  # noqa: F401  (registers mlp, convnet, resnet18)
