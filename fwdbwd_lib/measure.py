@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Callable, TypeVar
 
 import torch
@@ -44,8 +46,13 @@ def _measure_cpu_peak_memory(fn: Callable[[], T]) -> tuple[T, float]:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        result = fn()
+    # A CUDA build of torch on a machine without a GPU makes the profiler's Kineto backend log
+    # "gpuGetDeviceCount failed"; level 5 keeps Kineto quiet. It is read when Kineto starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Warning: Profiler clears events")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+            result = fn()
     events = []
     pending = list(profiler.profiler.kineto_results.experimental_event_tree())
     while pending:

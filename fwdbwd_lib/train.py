@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*",
                         help="key=value overrides in Hydra syntax; comma lists sweep")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

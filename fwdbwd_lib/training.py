@@ -41,7 +41,7 @@ from fwdbwd_lib.records import (
     STATUS_DIVERGED, STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, RunRecord, atomic_torch_save,
     find_run_dirs, read_json,
 )
-from fwdbwd_lib.registry import losses, models, resolve_dotted_path
+from fwdbwd_lib.registry import datasets, losses, models, resolve_dotted_path
 
 logger = logging.getLogger(__name__)
 
@@ -373,6 +373,9 @@ def train(config: DictConfig | dict[str, Any], progress: bool | None = None) -> 
     validate_config(config)
     _import_user_modules(config)
 
+    # Resolve every name before anything slow runs, so a typo fails at once.
+    models.get(config["model_name"])
+    datasets.get(config["dataset_name"])
     device = select_device(config["device_id"])
     seed_everything(config["seed"])
     loss_fn = build_loss(config)
