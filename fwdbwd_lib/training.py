@@ -122,6 +122,19 @@ def select_device(device_id: int) -> torch.device:
     return torch.device(f"cuda:{device_id}")
 
 
+def device_id_from_name(device: str) -> int:
+    """Map ``"auto"`` (GPU 0 if there is one), ``"cpu"`` or ``"cuda:N"`` to a ``device_id``."""
+    if device == "auto":
+        return 0 if torch.cuda.is_available() else -1
+    if device == "cuda":
+        return 0
+    if device == "cpu":
+        return -1
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise ValueError(f"invalid device {device!r}: expected 'auto', 'cpu' or 'cuda:N'")
+
+
 def _call_with_accepted(builder: Callable[..., Any], defaults: dict[str, Any], kwargs: dict[str, Any]):
     """Call ``builder(**kwargs)``, adding the ``defaults`` its signature accepts."""
     parameters = inspect.signature(builder).parameters
