@@ -33,7 +33,7 @@ TANGENT_DISTRIBUTIONS = ("gaussian", "rademacher")
 
 @dataclass
 class StepOutput:
-    """What a gradient method returns: the detached loss (scalar) and model outputs."""
+    """Result of a gradient method call: the detached scalar loss and model outputs."""
 
     loss: torch.Tensor
     outputs: torch.Tensor
@@ -46,7 +46,7 @@ def model_outputs(model: torch.nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def _logits(output: Any) -> torch.Tensor:
-    # Hugging Face models return a ModelOutput whose `logits` field holds the scores.
+    # Hugging Face models return a ModelOutput whose `logits` field contains the scores.
     return getattr(output, "logits", output)
 
 

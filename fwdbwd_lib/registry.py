@@ -8,8 +8,8 @@ Users add their own entries without editing the library::
     def build_my_net(num_classes: int, width: int = 64) -> torch.nn.Module:
         ...
 
-A config then selects it with ``model_name=my_net``; the module that registers it is listed under
-the config key ``imports`` so that the command line imports it before building the run.
+A config then selects it with ``model_name=my_net``. The module that registers it goes in the
+config key ``imports``, because the command line imports those modules before building the run.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ For each gradient method:
 
 Every method gets the same optimizer, batch size and number of steps; only the learning rate
 differs. The manifest ``<runs_dir>/study.json`` lists which runs played which role, so a chapter
-reads exactly the runs of its last study even when the folder holds older ones.
+reads exactly the runs of its last study even when the folder contains older ones.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ MANIFEST = "study.json"
 
 @dataclass
 class StudyPlan:
-    """What a chapter compares: a config, shared overrides, a learning-rate grid per method."""
+    """Study definition: a config, shared overrides and a learning-rate grid per method."""
 
     config_path: str
     overrides: list[str]
@@ -118,7 +118,11 @@ def run_study(plan: StudyPlan, runs_dir: str | Path) -> dict[str, Any]:
                     tuning.append({"method": method, "lr": lr, "seed": plan.tuning_seed,
                                    "run_dir": run_dir.name, "score": scores[lr]})
             best = max(grid, key=lambda lr: scores[lr])
-            at_edge = "low" if best == grid[0] else "high" if best == grid[-1] else None
+            at_edge = None
+            if best == grid[0]:
+                at_edge = "low"
+            elif best == grid[-1]:
+                at_edge = "high"
             if at_edge is None or extensions >= plan.max_extensions or math.isinf(scores[best]):
                 break
             logger.info("%s: best rate %g is at the %s edge of the grid; extending", method, best, at_edge)

@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+def _format(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -59,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if result.status == STATUS_FINISHED:
             summary = result.summary
-            print(f"finished {result.run_dir}: test accuracy {summary['test_accuracy']:.4f}, "
-                  f"median step {summary['median_step_time_ms']:.1f} ms, "
-                  f"peak memory {summary['peak_memory_mib']:.1f} MiB")
+            print(f"finished {result.run_dir}: test accuracy {_format(summary['test_accuracy'])}, "
+                  f"median step {_format(summary['median_step_time_ms'], '.1f')} ms, "
+                  f"peak memory {_format(summary['peak_memory_mib'], '.1f')} MiB")
         else:
             print(f"diverged {result.run_dir}: {result.message}", file=sys.stderr)
             exit_code = 1

@@ -64,7 +64,7 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------
 
 def constant_schedule(optimizer: torch.optim.Optimizer, total_steps: int = 0):
-    """A constant learning rate."""
+    """Return a LambdaLR that keeps the learning rate constant."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -200,7 +200,7 @@ def _import_user_modules(config: dict[str, Any]) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle_seed: int | None) -> DataLoader:
-    """A single-process DataLoader; ``shuffle_seed`` fixes this epoch's order (None = in order)."""
+    """Build a single-process DataLoader; ``shuffle_seed`` fixes the epoch's order (None: in order)."""
     generator = None
     if shuffle_seed is not None:
         generator = torch.Generator()
@@ -315,7 +315,7 @@ def hardware_description(device: torch.device) -> dict[str, Any]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A hash of the config without ``resume``, used to find the run that resume continues."""
+    """Hash the config without ``resume``; resume looks for an unfinished run with this hash."""
     relevant = {k: v for k, v in config.items() if k != "resume"}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -490,7 +490,7 @@ def _run_loop(config, record, data, model, optimizer, scheduler, method, loss_fn
 
     model.train()
     for epoch in range(start_epoch, config["epochs"]):
-        # The shuffle order depends only on (seed, epoch), so a resumed run sees the same order.
+        # The shuffle order depends only on (seed, epoch), so a resumed run gets the same order.
         loader = make_loader(data.train, config["batch_size"], shuffle_seed=config["seed"] * 10007 + epoch)
         epoch_loss, epoch_examples, epoch_correct, epoch_counted = 0.0, 0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False,

@@ -222,3 +222,21 @@ def test_user_config_dir_groups_are_found(tmp_path):
     config = compose_config(user_config, [])
     assert config.optimizer.lr == 0.123
     assert config.scheduler._target_ == "fwdbwd_lib.training.constant_schedule"
+
+
+def test_zero_epochs_evaluates_untrained_model(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=0))
+    assert result.status == "finished"
+    assert result.summary["steps"] == 0
+    assert result.summary["peak_memory_mib"] is None
+    assert 0.0 <= result.summary["test_accuracy"] <= 1.0
+
+
+def test_data_root_precedence(tmp_path, monkeypatch):
+    from fwdbwd_lib.data import DEFAULT_DATA_ROOT, resolve_data_root
+
+    monkeypatch.setenv("FWDBWD_DATA", str(tmp_path / "from_env"))
+    assert resolve_data_root(tmp_path / "explicit") == tmp_path / "explicit"
+    assert resolve_data_root(None) == tmp_path / "from_env"
+    monkeypatch.delenv("FWDBWD_DATA")
+    assert resolve_data_root(None) == DEFAULT_DATA_ROOT

@@ -2,7 +2,7 @@
 
 A loader is called as ``loader(root, seed=..., **kwargs)`` and returns a :class:`DataSplits`
 with train, validation and test ``torch.utils.data.Dataset`` objects. The validation split is
-carved from the training data with a fixed ``split_seed``, so every run sees the same split.
+carved from the training data with a fixed ``split_seed``, so every run gets the same split.
 """
 
 from __future__ import annotations
@@ -50,3 +50,4 @@ def load_data(name: str, data_root: str | os.PathLike | None = None, **kwargs: A
 
 
 from fwdbwd_lib.data import vision  # noqa: E402,F401  (registers cifar10, mnist)
+from fwdbwd_lib.data import speech  # noqa: E402,F401  (registers timit, fsdd, speech_commands)

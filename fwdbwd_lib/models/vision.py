@@ -26,7 +26,7 @@ def build_mlp(
     hidden_sizes: tuple[int, ...] | list[int] = (1024, 1024),
     dropout: float = 0.0,
 ) -> nn.Module:
-    """A multilayer perceptron on flattened pixels, with ReLU between layers."""
+    """Build a multilayer perceptron on flattened pixels, with ReLU between layers."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_channels * image_size * image_size
     for hidden in hidden_sizes:

@@ -1,0 +1,75 @@
+"""Command line: run the study's chapters, then build the book from their outputs.
+
+    python -m fwdbwd_lib.run_book                 # train every chapter at its CPU defaults, build
+    python -m fwdbwd_lib.run_book --build-only    # rebuild the book from the stored run records
+    python -m fwdbwd_lib.run_book --chapters vision --device cuda:0
+
+Each chapter notebook is executed in place by papermill with ``rerun=True`` (and ``device`` when
+given), which writes new run records under ``book/runs/<chapter>/`` and stores the outputs in the
+notebook; then ``jupyter-book build --all`` renders the HTML book into ``_build/html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+logger = logging.getLogger("fwdbwd_lib.run_book")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# Chapters that train, in the order they run; the theory page runs too (about a minute).
+CHAPTERS = ("theory", "vision")
+
+
+def execute_chapter(name: str, device: str | None) -> float:
+    """Execute ``book/<name>.ipynb`` in place with rerun=True and return the seconds it took."""
+    import papermill
+
+    notebook = REPOSITORY / "book" / f"{name}.ipynb"
+    if not notebook.is_file():
+        raise FileNotFoundError(f"chapter {name!r} not found: expected {notebook}")
+    parameters = {"rerun": True}
+    if device is not None:
+        parameters["device"] = device
+    start = time.perf_counter()
+    papermill.execute_notebook(str(notebook), str(notebook), parameters=parameters,
+                               cwd=str(REPOSITORY), progress_bar=False)
+    return time.perf_counter() - start
+
+
+def build_book() -> None:
+    """Build the HTML book into ``_build/html`` (offline; see book/_ext)."""
+    fetch = REPOSITORY / "book" / "_ext" / "fetch_assets.sh"
+    if fetch.is_file():
+        subprocess.run(["bash", str(fetch)], cwd=REPOSITORY, check=True)
+    subprocess.run([sys.executable, "-m", "jupyter_book", "build", "--all", "-W", "-n",
+                    "--keep-going", str(REPOSITORY)], cwd=REPOSITORY, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fwdbwd_lib.run_book", description=__doc__.split("\n")[0])
+    parser.add_argument("--chapters", nargs="+", default=list(CHAPTERS), choices=list(CHAPTERS),
+                        help="chapters to execute (default: all)")
+    parser.add_argument("--device", default=None,
+                        help="'cpu', 'cuda:N' or 'auto' (default: each chapter's own default)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="skip training and only build the book from stored records")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    if not args.build_only:
+        for chapter in args.chapters:
+            logger.info("executing chapter %s", chapter)
+            seconds = execute_chapter(chapter, args.device)
+            logger.info("chapter %s took %.0f s", chapter, seconds)
+    build_book()
+    logger.info("book built: %s", REPOSITORY / "_build" / "html" / "index.html")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
