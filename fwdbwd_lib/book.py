@@ -56,7 +56,7 @@ class BookHtmlRenderer(MimetypeRenderer):
         return bundle
 
 
-def setup_book_rendering(include_plotly_mimetype: bool = True) -> BookHtmlRenderer:
+def setup_book_rendering(include_plotly_mimetype: bool = True) -> None:
     """Register the book's Plotly renderer, make it the default and restart its figure ids.
 
     Call it once at the top of a chapter notebook, in a cell tagged ``remove-cell``. Set
@@ -66,7 +66,6 @@ def setup_book_rendering(include_plotly_mimetype: bool = True) -> BookHtmlRender
     renderer = BookHtmlRenderer(include_plotly_mimetype=include_plotly_mimetype)
     pio.renderers[RENDERER_NAME] = renderer
     pio.renderers.default = RENDERER_NAME
-    return renderer
 
 
 def repository_root() -> Path:

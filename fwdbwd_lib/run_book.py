@@ -22,7 +22,7 @@ logger = logging.getLogger("fwdbwd_lib.run_book")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Chapters that train, in the order they run; the theory page runs too (about a minute).
-CHAPTERS = ("theory", "vision")
+CHAPTERS = ("theory", "vision", "speech")
 
 
 def execute_chapter(name: str, device: str | None) -> float:
@@ -38,7 +38,23 @@ def execute_chapter(name: str, device: str | None) -> float:
     start = time.perf_counter()
     papermill.execute_notebook(str(notebook), str(notebook), parameters=parameters,
                                cwd=str(REPOSITORY), progress_bar=False)
+    _hide_injected_parameters(notebook)
     return time.perf_counter() - start
+
+
+def _hide_injected_parameters(notebook: Path) -> None:
+    """Tag papermill's injected-parameters cell remove-cell, so the book page omits it.
+
+    The chapter prints the parameters of the study it shows, so the page loses nothing.
+    """
+    import nbformat
+
+    content = nbformat.read(notebook, as_version=4)
+    for cell in content.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(content, notebook)
 
 
 def build_book() -> None:

@@ -153,7 +153,11 @@ def sample_estimates(
 
     samples_per_chunk = max(1, TANGENT_CHUNK // num_tangents)
     estimate_sum = torch.zeros_like(gradient)
-    columns: dict[str, list[torch.Tensor]] = {"relative_sq_error": [], "relative_sq_norm": [], "cosine": []}
+    columns: dict[str, list[torch.Tensor]] = {
+        "relative_sq_error": [],
+        "relative_sq_norm": [],
+        "cosine": [],
+    }
 
     for start in range(0, num_samples, samples_per_chunk):
         count = min(samples_per_chunk, num_samples - start)
@@ -166,7 +170,8 @@ def sample_estimates(
         estimates = torch.einsum("sk,skd->sd", derivatives, tangents) / num_tangents  # (count, d)
 
         estimate_norms = estimates.norm(dim=1)
-        columns["relative_sq_error"].append((estimates - gradient).norm(dim=1) ** 2 / gradient_norm**2)
+        errors = (estimates - gradient).norm(dim=1)
+        columns["relative_sq_error"].append(errors**2 / gradient_norm**2)
         columns["relative_sq_norm"].append(estimate_norms**2 / gradient_norm**2)
         columns["cosine"].append(estimates @ gradient / (estimate_norms * gradient_norm))
         estimate_sum += estimates.sum(dim=0)
@@ -180,14 +185,16 @@ def sample_estimates(
 def measure_estimator(
     d: int, num_tangents: int, num_samples: int, tangent: str = "gaussian", seed: int = 0
 ) -> dict[str, float]:
-    """Measure the K-tangent forward gradient's variance and alignment and the predicted values.
+    """Measure the K-tangent forward gradient's variance and alignment next to the predicted values.
 
-    Returns a flat dict: the setting (``d``, ``num_tangents``, ``tangent``, ``num_samples``,
-    ``seed``); measured means with standard errors (``relative_variance``, ``relative_variance_se``,
-    ``relative_second_moment``, ``cosine_sq``, ``cosine_sq_se``, ``cosine_mean``,
-    ``cosine_min``); ``relative_bias`` (‖mean ḡ_K − ∇L‖ / ‖∇L‖, which shrinks like
-    sqrt(relative_variance / num_samples) for an unbiased estimator); and the closed-form values
-    prefixed ``predicted_``.
+    Returns a flat dict with these keys:
+
+    - the setting: ``d``, ``num_tangents``, ``tangent``, ``num_samples``, ``seed``;
+    - measured means with standard errors: ``relative_variance``, ``relative_variance_se``,
+      ``relative_second_moment``, ``cosine_sq``, ``cosine_sq_se``, ``cosine_mean``, ``cosine_min``;
+    - ``relative_bias``, ‖mean ḡ_K − ∇L‖ / ‖∇L‖, which shrinks like
+      sqrt(relative_variance / num_samples) for an unbiased estimator;
+    - the closed-form values of :func:`predicted_statistics`, prefixed ``predicted_``.
     """
     samples = sample_estimates(d, num_tangents, num_samples, tangent=tangent, seed=seed)
     cosine_sq = samples["cosine"] ** 2
@@ -228,6 +235,21 @@ def theory_table(
                 logger.debug("measuring tangent=%s d=%d K=%d", tangent, d, k)
                 rows.append(measure_estimator(d, k, num_samples, tangent=tangent, seed=seed))
     return pd.DataFrame(rows)
+
+
+def comparison_table(table: pd.DataFrame, num_tangents: int) -> pd.DataFrame:
+    """Select the rows of :func:`theory_table` for one K, measured next to predicted, by (tangent, d)."""
+    rows = table[table["num_tangents"] == num_tangents]
+    if rows.empty:
+        available = sorted(table["num_tangents"].unique())
+        raise ValueError(f"no rows with num_tangents={num_tangents}; the table has K in {available}")
+    columns = {
+        "relative_variance": "variance, measured",
+        "predicted_relative_variance": "variance, predicted",
+        "cosine_sq": "E[cos²], measured",
+        "predicted_cosine_sq": "E[cos²], predicted",
+    }
+    return rows.set_index(["tangent", "d"])[list(columns)].rename(columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +294,8 @@ def variance_figure(table: pd.DataFrame) -> go.Figure:
     traces_per_k = 2 * len(tangents)
     steps = []
     for index, k in enumerate(ks):
-        visible = [index * traces_per_k <= i < (index + 1) * traces_per_k for i in range(len(figure.data))]
+        first, last = index * traces_per_k, (index + 1) * traces_per_k
+        visible = [first <= i < last for i in range(len(figure.data))]
         steps.append({"method": "update", "label": str(k), "args": [{"visible": visible}]})
 
     num_samples = int(table["num_samples"].iloc[0])
@@ -280,7 +303,9 @@ def variance_figure(table: pd.DataFrame) -> go.Figure:
         title=f"Variance of the K-tangent forward gradient ({num_samples} estimates per point, ±2 s.e.)",
         xaxis={"title": "parameter count d", "type": "log"},
         yaxis={"title": "E‖ḡ_K − ∇L‖² / ‖∇L‖²", "type": "log"},
-        sliders=[{"active": 0, "currentvalue": {"prefix": "tangents K = "}, "steps": steps, "pad": {"t": 50}}],
+        sliders=[
+            {"active": 0, "currentvalue": {"prefix": "tangents K = "}, "steps": steps, "pad": {"t": 50}}
+        ],
         legend={"x": 0.01, "y": 0.99},
         height=520,
     )
@@ -356,8 +381,9 @@ def playground(num_samples: int = 300):
         d = 2**log2_d
         samples = sample_estimates(d, num_tangents, num_samples, tangent=tangent)
         predicted = predicted_statistics(d, num_tangents, tangent)
+        measured = np.mean(samples["cosine"] ** 2)
         title = (
-            f"d={d}, K={num_tangents}, {tangent}: E[cos²] measured {np.mean(samples['cosine'] ** 2):.4f}, "
+            f"d={d}, K={num_tangents}, {tangent}: E[cos²] measured {measured:.4f}, "
             f"predicted {predicted['cosine_sq']:.4f}"
         )
         display(cosine_histogram(samples, title))
@@ -377,7 +403,9 @@ def playground(num_samples: int = 300):
 
 def _check_tangent(tangent: str) -> None:
     if tangent not in TANGENT_DISTRIBUTIONS:
-        raise ValueError(f"unknown tangent distribution {tangent!r}; expected one of {TANGENT_DISTRIBUTIONS}")
+        raise ValueError(
+            f"invalid tangent distribution {tangent!r}; expected one of {TANGENT_DISTRIBUTIONS}"
+        )
 
 
 def _check_positive(name: str, value: int) -> None:

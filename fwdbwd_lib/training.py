@@ -7,6 +7,7 @@ method, which fills ``param.grad``, and then steps an ordinary ``torch.optim`` o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -273,8 +274,13 @@ def evaluate(
 # Provenance
 # ---------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> dict[str, Any]:
-    """Return the commit of the repository that contains this package, and whether it is dirty."""
+    """Return the commit of the repository that contains this package, and whether it is dirty.
+
+    The first result is kept for the life of the process, because the code that runs is the
+    code imported then, even if the checkout changes later.
+    """
     repository = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
@@ -289,6 +295,9 @@ def git_commit() -> dict[str, Any]:
     if commit.returncode != 0:
         return {"git_commit": None, "git_dirty": None}
     return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
+git_commit()  # Record the commit of the code as imported.
 
 
 def hardware_description(device: torch.device) -> dict[str, Any]:

@@ -171,9 +171,9 @@ def load_cifar10(
             len(train_paths), len(test_paths), train_size, validation_size, test_size, split_seed
         )
         formats = sorted({p.suffix.lower().lstrip(".") for p in train_paths[:50]})
-        variant = f"class-folder copy ({'/'.join(formats)}) at {folder}"
+        variant = f"class-folder copy ({'/'.join(formats)})"
         if "jpg" in formats or "jpeg" in formats:
-            variant += "; JPEG is lossy, expect slightly lower accuracy than the original arrays"
+            variant += ", lossy JPEG: expect slightly lower accuracy than on the original arrays"
 
         def subset(paths, labels, indices):
             images = _decode_images(tuple(paths[i] for i in indices))
@@ -220,7 +220,7 @@ def _load_torchvision_cifar10(root, train_size, validation_size, test_size, spli
         (train_images[to_tensor(train_idx)], train_labels[to_tensor(train_idx)]),
         (train_images[to_tensor(val_idx)], train_labels[to_tensor(val_idx)]),
         (test_images[to_tensor(test_idx)], test_labels[to_tensor(test_idx)]),
-        f"torchvision CIFAR10 original arrays at {root / 'cifar-10-batches-py'}",
+        "torchvision CIFAR10 (original arrays)",
     )
 
 
@@ -262,5 +262,5 @@ def load_mnist(
         test=ImageTensorDataset(*subset(test_set, test_idx), MNIST_MEAN, MNIST_STD),
         num_classes=10,
         model_kwargs={"in_channels": 1, "image_size": 28},
-        variant=f"torchvision MNIST at {root / 'MNIST'}",
+        variant="torchvision MNIST (original arrays)",
     )
