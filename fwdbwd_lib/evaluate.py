@@ -35,7 +35,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", device_id: int | None
     elif (run_dir / "checkpoint.pt").is_file():
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     else:
-        raise FileNotFoundError(f"{run_dir} has neither model_final.pt nor checkpoint.pt")
+        status_path = run_dir / "status.json"
+        status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+        raise FileNotFoundError(
+            f"{run_dir} has neither model_final.pt nor checkpoint.pt (run status: "
+            f"{status.get('status', 'unknown')}{': ' + status['message'] if status.get('message') else ''})"
+        )
     if split not in ("test", "validation"):
         raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
 

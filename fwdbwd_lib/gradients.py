@@ -56,7 +56,8 @@ class GradientMethod:
     name = ""
 
     def __call__(
-        self, model: torch.nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, step: int = 0
+        self, model: torch.nn.Module, loss_fn: LossFn, inputs: Any, targets: Any,
+        step: int | None = None,
     ) -> StepOutput:
         raise NotImplementedError
 
@@ -67,7 +68,7 @@ class Backprop(GradientMethod):
 
     name = "backprop"
 
-    def __call__(self, model, loss_fn, inputs, targets, step=0):
+    def __call__(self, model, loss_fn, inputs, targets, step=None):
         outputs = model_outputs(model, inputs)
         loss = loss_fn(outputs, targets)
         loss.backward()
@@ -254,6 +255,7 @@ class ForwardGradient(GradientMethod):
         self.num_tangents = num_tangents
         self.tangent = tangent
         self.seed = seed
+        self.calls = 0  # the step used when a call passes step=None
 
     def tangents(self, parameters: Mapping[str, torch.Tensor], step: int, index: int):
         """Regenerate tangent ``index`` of step ``step`` for ``parameters``."""
@@ -262,7 +264,15 @@ class ForwardGradient(GradientMethod):
         generator.manual_seed(tangent_seed(self.seed, step, index))
         return draw_tangents(parameters, self.tangent, generator)
 
-    def __call__(self, model, loss_fn, inputs, targets, step=0):
+    def __call__(self, model, loss_fn, inputs, targets, step=None):
+        """Fill ``param.grad`` with the forward gradient of ``loss_fn(model(inputs), targets)``.
+
+        ``step`` selects the tangents (regenerated from ``(seed, step, index)``); with None the
+        method counts its own calls, so repeated calls never reuse a direction.
+        """
+        if step is None:
+            step = self.calls
+        self.calls += 1
         parameters = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not parameters:
             raise ValueError("the model has no parameters with requires_grad=True to train")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import tempfile
 import uuid
@@ -132,7 +133,8 @@ class RunRecord:
 
     def flush(self) -> None:
         """Rewrite metrics.jsonl with every row so far, atomically."""
-        text = "".join(json.dumps(row, default=float) + "\n" for row in self.rows)
+        text = "".join(json.dumps(_finite(row), default=float, allow_nan=False) + "\n"
+                       for row in self.rows)
         atomic_write_text(self.directory / "metrics.jsonl", text)
 
     def truncate_after(self, step: int) -> None:
@@ -142,6 +144,12 @@ class RunRecord:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.directory / "summary.json", summary)
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN or infinity; a diverged step's loss is written as null and its status
+    # message keeps the value.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -208,6 +216,8 @@ def load_runs(paths, metrics: str | None = None) -> pd.DataFrame:
     With ``metrics="step"``, ``"eval"`` or ``"test"`` the result is long-form: one row per
     metric row of that kind, joined with its run's columns.
     """
+    if metrics not in (None, "step", "eval", "test"):
+        raise ValueError(f"metrics must be None, 'step', 'eval' or 'test', got {metrics!r}")
     runs = pd.DataFrame([_run_row(d) for d in find_run_dirs(paths)])
     if metrics is None or runs.empty:
         return runs

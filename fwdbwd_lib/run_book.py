@@ -62,12 +62,29 @@ def build_book() -> None:
     fetch = REPOSITORY / "book" / "_ext" / "fetch_assets.sh"
     if fetch.is_file():
         subprocess.run(["bash", str(fetch)], cwd=REPOSITORY, check=True)
-    subprocess.run([sys.executable, "-m", "jupyter_book", "build", "--all", "-W", "-n",
-                    "--keep-going", str(REPOSITORY)], cwd=REPOSITORY, check=True)
+    subprocess.run([str(jupyter_book_executable()), "build", "--all", "-W", "-n", "--keep-going",
+                    str(REPOSITORY)], cwd=REPOSITORY, check=True)
+
+
+def jupyter_book_executable() -> Path:
+    """Return the ``jupyter-book`` script installed beside this Python.
+
+    jupyter-book 1.0.4 has no ``python -m jupyter_book`` entry point, only the console script.
+    """
+    script = Path(sys.executable).parent / "jupyter-book"
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"jupyter-book not found at {script}; install the book stack with "
+            "pip install -r requirements.txt"
+        )
+    return script
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fwdbwd_lib.run_book", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fwdbwd_lib.run_book",
+        description="Run the study's chapters, then build the book from their outputs.",
+    )
     parser.add_argument("--chapters", nargs="+", default=list(CHAPTERS), choices=list(CHAPTERS),
                         help="chapters to execute (default: all)")
     parser.add_argument("--device", default=None,

@@ -8,7 +8,7 @@ combination: ``method=backprop,forward_gradient seed=0,1,2``. Group files are se
 ``configs/`` folder beside CONFIG.yaml, then in the package's ``fwdbwd_lib/configs``.
 
 Exit status: 0 when every run finished, 1 when a run diverged (NaN or infinite loss), 2 for an
-invalid config or missing data.
+invalid config, missing data or a model that forward-mode AD cannot run.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from fwdbwd_lib.training import train  # imported here so that --help stays fast
+    from fwdbwd_lib.gradients import ForwardADUnsupportedError
+    from fwdbwd_lib.training import check_config, train  # imported here so --help stays fast
 
     try:
         configs = compose_sweep(args.config_path, args.overrides)
+        for config in configs:  # every combination of a sweep is checked before the first run
+            check_config(config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("fwdbwd_lib.train").info("run %d of %d", index, len(configs))
         try:
             result = train(config)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, ForwardADUnsupportedError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         if result.status == STATUS_FINISHED:

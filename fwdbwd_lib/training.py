@@ -90,10 +90,12 @@ def validate_config(config: dict[str, Any]) -> None:
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise ValueError(f"config lacks the keys {', '.join(missing)}")
-    for key in ("epochs", "batch_size", "num_tangents", "seed", "device_id"):
+    for key in ("epochs", "batch_size", "num_tangents", "seed", "device_id", "eval_batch_size"):
         value = config.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{key} must be an integer, got {value!r}")
+    if config["seed"] < 0:
+        raise ValueError(f"seed must be >= 0, got {config['seed']}")
     if config["epochs"] < 0:
         raise ValueError(f"epochs must be >= 0, got {config['epochs']}; set epochs=1 or more")
     if config.get("batch_size", 1) < 1:
@@ -103,6 +105,8 @@ def validate_config(config: dict[str, Any]) -> None:
     clipping = config["grad_clipping"]
     if clipping is not None and (not isinstance(clipping, (int, float)) or clipping <= 0):
         raise ValueError(f"grad_clipping must be a positive max norm or null, got {clipping!r}")
+    if isinstance(config.get("imports"), str):
+        config["imports"] = [config["imports"]]
     if config.get("eval_every_steps", 0) < 0:
         raise ValueError(f"eval_every_steps must be >= 0, got {config['eval_every_steps']}")
 
@@ -186,6 +190,54 @@ def build_data(config: dict[str, Any]) -> DataSplits:
         raise ValueError(
             f"dataset {config['dataset_name']!r} rejected its keyword arguments {kwargs}: "
             f"{error}; fix the dataset.* values"
+        ) from None
+
+
+def check_config(config: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` and resolve its names without building data or model.
+
+    Returns the config as a plain dict. Sweeps call this for every combination before the first
+    run, so that a bad value fails before hours of training.
+    """
+    config = to_container(config)
+    config.setdefault("batch_size", 128)
+    config.setdefault("eval_batch_size", 500)
+    config.setdefault("eval_every_steps", 0)
+    validate_config(config)
+    _import_user_modules(config)
+    models.get(config["model_name"])
+    datasets.get(config["dataset_name"])
+    build_loss(config)
+    build_activation(config)
+    build_gradient_method(config["method"], num_tangents=config["num_tangents"],
+                          tangent=config["tangent"], seed=config["seed"])
+    for group in ("optimizer", "scheduler"):
+        target = (config.get(group) or {}).get("_target_")
+        if not target:
+            raise ValueError(f"{group}._target_ is missing: name a class, e.g. torch.optim.SGD")
+        resolve_dotted_path(target, f"{group}._target_")
+    return config
+
+
+def build_optimizer(config: dict[str, Any], parameters: list[torch.nn.Parameter]):
+    """Instantiate ``config.optimizer`` for ``parameters``, naming optimizer.* in errors."""
+    try:
+        return instantiate(config["optimizer"], params=parameters, _convert_="all")
+    except Exception as error:  # Hydra wraps the optimizer's own TypeError/ValueError.
+        cause = error.__cause__ or error
+        raise ValueError(
+            f"invalid optimizer settings {config['optimizer']}: {cause}; fix the optimizer.* values"
+        ) from None
+
+
+def build_scheduler(config: dict[str, Any], optimizer, total_steps: int):
+    try:
+        return instantiate(config["scheduler"], optimizer=optimizer, _convert_="all",
+                           **_schedule_kwargs(config["scheduler"], total_steps))
+    except Exception as error:  # Hydra wraps the scheduler's own TypeError/ValueError.
+        cause = error.__cause__ or error
+        raise ValueError(
+            f"invalid scheduler settings {config['scheduler']}: {cause}; fix the scheduler.* values"
         ) from None
 
 
@@ -388,16 +440,8 @@ def train(config: DictConfig | dict[str, Any], progress: bool | None = None) -> 
     function still returns normally so that sweeps go on. ``progress`` shows a tqdm bar (None:
     only when stderr is a terminal).
     """
-    config = to_container(config)
-    config.setdefault("batch_size", 128)
-    config.setdefault("eval_batch_size", 500)
-    config.setdefault("eval_every_steps", 0)
-    validate_config(config)
-    _import_user_modules(config)
-
     # Resolve every name before anything slow runs, so a typo fails at once.
-    models.get(config["model_name"])
-    datasets.get(config["dataset_name"])
+    config = check_config(config)
     device = select_device(config["device_id"])
     seed_everything(config["seed"])
     loss_fn = build_loss(config)
@@ -409,13 +453,10 @@ def train(config: DictConfig | dict[str, Any], progress: bool | None = None) -> 
     data = build_data(config)
     model = build_model(config, data).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(config["optimizer"], params=trainable, _convert_="all")
+    optimizer = build_optimizer(config, trainable)
     steps_per_epoch = len(make_loader(data.train, config["batch_size"], shuffle_seed=0))
     total_steps = steps_per_epoch * config["epochs"]
-    scheduler = instantiate(
-        config["scheduler"], optimizer=optimizer, _convert_="all",
-        **_schedule_kwargs(config["scheduler"], total_steps),
-    )
+    scheduler = build_scheduler(config, optimizer, total_steps)
 
     resume_dir = _find_resumable_run(config)
     if resume_dir is not None:
@@ -509,8 +550,11 @@ def _run_loop(config, record, data, model, optimizer, scheduler, method, loss_fn
             examples = batch_size_of(targets)
             lr = optimizer.param_groups[0]["lr"]
 
+            # Gradients of the last step are freed before the step's timing and memory
+            # measurement start, so the step's peak counts only what the step allocates.
+            optimizer.zero_grad(set_to_none=True)
+
             def training_step() -> StepOutput:
-                optimizer.zero_grad(set_to_none=True)
                 output = method(model, loss_fn, inputs, targets, step=step)
                 if config["grad_clipping"] is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clipping"])

@@ -132,3 +132,26 @@ def test_cli_missing_config_file(tmp_path):
     result = run_cli("fwdbwd_lib.train", "--config_path", tmp_path / "nope.yaml")
     assert result.returncode == 2
     assert "nope.yaml not found" in result.stderr
+
+
+def test_cli_sweep_checks_every_combination_first(tmp_path, data_root):
+    result = run_cli("fwdbwd_lib.train", "--config_path", shipped_config(), *SMALL,
+                     "method=forward_gradient", "num_tangents=1,0", f"runs_dir={tmp_path}",
+                     env_data_root=data_root)
+    assert result.returncode == 2
+    assert "num_tangents must be >= 1, got 0" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_invalid_optimizer_value_exits_2(tmp_path, data_root):
+    result = run_cli("fwdbwd_lib.train", "--config_path", shipped_config(), *SMALL,
+                     "optimizer.lr=abc", f"runs_dir={tmp_path}", env_data_root=data_root)
+    assert result.returncode == 2
+    assert "fix the optimizer.* values" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_book_finds_jupyter_book():
+    from fwdbwd_lib.run_book import jupyter_book_executable
+
+    assert jupyter_book_executable().is_file()

@@ -298,3 +298,14 @@ def test_unknown_method_and_bad_arguments():
     with pytest.raises(ValueError, match="tangent distribution 'uniform'"):
         ForwardGradient(tangent="uniform")
     assert math.isclose(build_gradient_method("forward_gradient", num_tangents=3).num_tangents, 3)
+
+
+def test_calls_without_step_draw_new_tangents():
+    model = build_mlp(hidden_sizes=(8,), image_size=4)
+    inputs, targets = torch.randn(3, 3, 4, 4), torch.randint(0, 10, (3,))
+    method = ForwardGradient(seed=1)
+    method(model, cross_entropy, inputs, targets)
+    first = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    method(model, cross_entropy, inputs, targets)
+    assert not all(torch.allclose(a, p.grad) for a, p in zip(first, model.parameters()))

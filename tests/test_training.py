@@ -240,3 +240,38 @@ def test_data_root_precedence(tmp_path, monkeypatch):
     assert resolve_data_root(None) == tmp_path / "from_env"
     monkeypatch.delenv("FWDBWD_DATA")
     assert resolve_data_root(None) == DEFAULT_DATA_ROOT
+
+
+def test_seed_and_optimizer_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        train(tiny_config(tmp_path, seed=-1))
+    with pytest.raises(ValueError, match="fix the optimizer.\\* values"):
+        train(tiny_config(tmp_path, **{"optimizer.lr": -1}))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_runs_rejects_unknown_metrics_kind(tmp_path):
+    train(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="'steps'"):
+        load_runs(tmp_path / "runs", metrics="steps")
+
+
+def test_diverged_metrics_are_strict_json(tmp_path):
+    result = train(tiny_config(tmp_path, model_name="nan_model"))
+    rows = [json.loads(line, parse_constant=lambda token: pytest.fail(f"non-JSON {token}"))
+            for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] is None
+
+
+def test_cpu_peak_memory_is_step_local():
+    from fwdbwd_lib.measure import measure_peak_memory
+
+    def allocate():
+        block = torch.ones(4 * 2**20)  # 16 MiB of float32, freed on return
+        del block
+        return torch.ones(2 * 2**20)  # 8 MiB, alive at the end
+
+    kept = torch.ones(8 * 2**20)  # allocated before the call: not counted
+    _, peak = measure_peak_memory(allocate, torch.device("cpu"))
+    assert 15.9 < peak < 16.5
+    del kept

@@ -1,6 +1,7 @@
 """Dataset loaders, registered by name in ``fwdbwd_lib.registry.datasets``.
 
-A loader is called as ``loader(root, seed=..., **kwargs)`` and returns a :class:`DataSplits`
+A loader is called as ``loader(root, **kwargs)``, with the ``dataset`` config group as keyword
+arguments, and returns a :class:`DataSplits`
 with train, validation and test ``torch.utils.data.Dataset`` objects. The validation split is
 carved from the training data with a fixed ``split_seed``, so every run gets the same split.
 """

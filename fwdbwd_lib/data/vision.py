@@ -100,7 +100,7 @@ def split_indices(
     for name, size in (("train_size", train_size), ("test_size", test_size)):
         if size is not None and size <= 0:
             raise ValueError(f"dataset.{name} must be positive or null (all), got {size}")
-    if validation_size < 0:
+    if not isinstance(validation_size, int) or validation_size < 0:
         raise ValueError(f"dataset.validation_size must be >= 0, got {validation_size}")
     available = num_train - validation_size
     if available <= 0 or (train_size is not None and train_size > available):
