@@ -169,7 +169,7 @@ def test_batchnorm_buffers_match_backprop_after_one_step():
 
 
 def test_dropout_masks_shared_across_tangents():
-    """With dropout, every tangent of a step sees the primal's mask: K copies of one tangent
+    """With dropout, every tangent of a step uses the primal's mask: K copies of one tangent
     give exactly K times one estimate of the same loss."""
     torch.manual_seed(0)
     model = build_mlp(hidden_sizes=(32,), image_size=4, dropout=0.5).double().train()
