@@ -330,8 +330,10 @@ def evaluate(
 def git_commit() -> dict[str, Any]:
     """Return the commit of the repository that contains this package, and whether it is dirty.
 
-    The first result is kept for the life of the process, because the code that runs is the
-    code imported then, even if the checkout changes later.
+    ``git_dirty`` is true when the package or the install files have uncommitted changes;
+    executed notebooks and run records under ``book/`` do not count, because running a chapter
+    changes them. The first result is kept for the life of the process, because the code that
+    runs is the code imported then, even if the checkout changes later.
     """
     repository = Path(__file__).resolve().parents[1]
     try:
@@ -339,7 +341,8 @@ def git_commit() -> dict[str, Any]:
             ["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, timeout=10
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--",
+             "fwdbwd_lib", "pyproject.toml", "requirements.txt"],
             cwd=repository, capture_output=True, text=True, timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
