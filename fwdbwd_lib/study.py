@@ -9,6 +9,9 @@ For each gradient method:
 3. Train the chosen rate with every seed in ``seeds``. The tuning run of the chosen rate is
    reused as the run of ``tuning_seed``, since its config is identical.
 
+Finished runs already on disk are reused only with ``reuse_existing=True`` (to continue an
+interrupted study); by default every run of a study is trained anew.
+
 Every method gets the same optimizer, batch size and number of steps; only the learning rate
 differs. The manifest ``<runs_dir>/study.json`` lists which runs played which role, so a chapter
 reads exactly the runs of its last study even when the folder contains older ones.
@@ -97,11 +100,15 @@ def _extend(grid: list[float], side: str) -> float:
     return ordered[-1] * ratio
 
 
-def run_study(plan: StudyPlan, runs_dir: str | Path) -> dict[str, Any]:
-    """Run (or reuse) every run of ``plan`` under ``runs_dir`` and write its manifest."""
+def run_study(plan: StudyPlan, runs_dir: str | Path, reuse_existing: bool = False) -> dict[str, Any]:
+    """Train every run of ``plan`` under ``runs_dir`` and write the study's manifest.
+
+    With ``reuse_existing`` a finished or diverged run of an identical config already in
+    ``runs_dir`` stands in for a new one.
+    """
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    existing = _finished_runs_by_hash(runs_dir)
+    existing = _finished_runs_by_hash(runs_dir) if reuse_existing else {}
     tuning, final, chosen = [], [], {}
 
     for method, grid in plan.grids.items():

@@ -63,7 +63,7 @@ def test_chapter_runs_with_tiny_parameters(executed_chapter):
 
 
 def test_chapter_passes_nbval(executed_chapter):
-    """nbval re-executes the papermill output (reusing its finished runs) cell by cell."""
+    """nbval re-executes the papermill output cell by cell, training its tiny runs again."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
          str(executed_chapter)],

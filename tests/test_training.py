@@ -275,3 +275,21 @@ def test_cpu_peak_memory_is_step_local():
     _, peak = measure_peak_memory(allocate, torch.device("cpu"))
     assert 15.9 < peak < 16.5
     del kept
+
+
+def test_study_trains_anew_unless_asked_to_reuse(tmp_path):
+    from fwdbwd_lib.study import StudyPlan, run_study
+
+    plan = StudyPlan(
+        config_path=str(shipped_config()),
+        overrides=["dataset_name=tiny_blobs", "model_name=tiny_mlp", "~dataset", "+dataset.size=32",
+                   "batch_size=16", "device_id=-1", "epochs=1"],
+        grids={"backprop": [0.01, 0.1]}, seeds=[0, 1], max_extensions=0,
+    )
+    first = run_study(plan, tmp_path / "runs")
+    assert len({row["run_dir"] for row in first["final"]} | {row["run_dir"] for row in first["tuning"]}) == 3
+    second = run_study(plan, tmp_path / "runs")
+    assert {row["run_dir"] for row in second["final"]}.isdisjoint(row["run_dir"] for row in first["final"])
+    third = run_study(plan, tmp_path / "runs", reuse_existing=True)
+    assert {row["run_dir"] for row in third["final"]} <= {
+        row["run_dir"] for row in first["final"] + second["final"]}
