@@ -236,7 +236,7 @@ class ForwardGradient(GradientMethod):
             with ``tangent_seed(seed, s, k)``, independent of the global RNG.
 
     Within one step every tangent gets the same batch, the same dropout masks (the global RNG
-    is rewound before each pass) and the same BatchNorm batch statistics; the running
+    is rewound before each pass) and the same BatchNorm batch statistics. The running
     statistics are updated once, as in one backprop step, whatever K is. Tied parameters appear
     once in ``named_parameters()`` and get one estimate. Parameters with ``requires_grad=False``
     get no tangent and their ``.grad`` is left alone.

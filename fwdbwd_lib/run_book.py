@@ -4,9 +4,9 @@
     python -m fwdbwd_lib.run_book --build-only    # rebuild the book from the stored run records
     python -m fwdbwd_lib.run_book --chapters vision --device cuda:0
 
-Each chapter notebook is executed in place by papermill with ``rerun=True`` (and ``device`` when
-given), which writes new run records under ``book/runs/<chapter>/`` and stores the outputs in the
-notebook; then ``jupyter-book build --all`` renders the HTML book into ``_build/html``.
+Papermill executes each chapter notebook in place with ``rerun=True`` (and ``device`` when
+given). That writes new run records under ``book/runs/<chapter>/`` and stores the outputs in the
+notebook. Then ``jupyter-book build --all`` renders the HTML book into ``_build/html``.
 """
 
 from __future__ import annotations

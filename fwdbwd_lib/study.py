@@ -103,8 +103,8 @@ def _extend(grid: list[float], side: str) -> float:
 def run_study(plan: StudyPlan, runs_dir: str | Path, reuse_existing: bool = False) -> dict[str, Any]:
     """Train every run of ``plan`` under ``runs_dir`` and write the study's manifest.
 
-    With ``reuse_existing`` a finished or diverged run of an identical config already in
-    ``runs_dir`` stands in for a new one.
+    With ``reuse_existing``, a finished or diverged run of an identical config already in
+    ``runs_dir`` is used in place of a new one.
     """
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -330,8 +330,8 @@ def evaluate(
 def git_commit() -> dict[str, Any]:
     """Return the commit of the repository that contains this package, and whether it is dirty.
 
-    ``git_dirty`` is true when the package or the install files have uncommitted changes;
-    executed notebooks and run records under ``book/`` do not count, because running a chapter
+    ``git_dirty`` is true when the package or the install files have uncommitted changes.
+    Executed notebooks and run records under ``book/`` do not count, because running a chapter
     changes them. The first result is kept for the life of the process, because the code that
     runs is the code imported then, even if the checkout changes later.
     """
@@ -417,7 +417,7 @@ def _find_resumable_run(config: dict[str, Any]) -> Path | None:
     runs_dir = Path(config["runs_dir"])
     if not runs_dir.is_dir():
         return None
-    wanted = config_hash(config)
+    expected_hash = config_hash(config)
     candidates = []
     for run_dir in find_run_dirs(runs_dir):
         environment_path = run_dir / "environment.json"
@@ -425,7 +425,7 @@ def _find_resumable_run(config: dict[str, Any]) -> Path | None:
         if not (environment_path.exists() and status_path.exists()):
             continue
         if (read_json(status_path).get("status") == STATUS_RUNNING
-                and read_json(environment_path).get("config_hash") == wanted
+                and read_json(environment_path).get("config_hash") == expected_hash
                 and (run_dir / "checkpoint.pt").is_file()):
             candidates.append(run_dir)
     return max(candidates, key=lambda d: (d / "checkpoint.pt").stat().st_mtime, default=None)

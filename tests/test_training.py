@@ -271,10 +271,10 @@ def test_cpu_peak_memory_is_step_local():
         del block
         return torch.ones(2 * 2**20)  # 8 MiB, alive at the end
 
-    kept = torch.ones(8 * 2**20)  # allocated before the call: not counted
+    preexisting = torch.ones(8 * 2**20)  # allocated before the call: not counted
     _, peak = measure_peak_memory(allocate, torch.device("cpu"))
     assert 15.9 < peak < 16.5
-    del kept
+    del preexisting
 
 
 def test_study_trains_anew_unless_asked_to_reuse(tmp_path):
