@@ -52,3 +52,4 @@ def load_data(name: str, data_root: str | os.PathLike | None = None, **kwargs: A
 
 from fwdbwd_lib.data import vision  # noqa: E402,F401  (registers cifar10, mnist)
 from fwdbwd_lib.data import speech  # noqa: E402,F401  (registers timit, fsdd, speech_commands)
+from fwdbwd_lib.data import text  # noqa: E402,F401  (registers imdb)

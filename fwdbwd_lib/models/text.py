@@ -116,6 +116,8 @@ def _load_pretrained_roberta(name: str, num_classes: int, dropout: float,
             hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=dropout,
             attn_implementation=attn_implementation,
+            # A checkpoint's own classification head may have another number of classes.
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as error:
         where = "folder" if Path(name).expanduser().exists() else "hub name"
