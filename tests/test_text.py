@@ -214,7 +214,9 @@ def test_real_imdb_counts_balance_and_disjoint_splits(data_root):
         assert split.labels.float().mean() == 0.5
         assert int(split.lengths.max()) <= 64
     train, validation, test = (set(s.texts) for s in (data.train, data.validation, data.test))
-    assert not train & validation and not train & test and not validation & test
+    assert not train & validation
+    assert not train & test
+    assert not validation & test
     assert not set(data.train.source_files) & set(data.validation.source_files)
     assert data.model_kwargs == {"vocab_size": 500, "max_length": 64, "pad_token_id": 1}
     assert "<br" not in " ".join(data.train.texts)
@@ -265,7 +267,8 @@ def test_archive_tree_and_csv_give_the_same_reviews(tmp_path):
 def test_missing_imdb_and_bad_sizes(tmp_path, data_root):
     with pytest.raises(FileNotFoundError, match="FWDBWD_DATA") as error:
         load_data("imdb", tmp_path)
-    assert "aclImdb" in str(error.value) and "dataset.download=true" in str(error.value)
+    assert "aclImdb" in str(error.value)
+    assert "dataset.download=true" in str(error.value)
     with pytest.raises(ValueError, match="dataset.train_size"):
         load_data("imdb", data_root, train_size=30_000)
     with pytest.raises(ValueError, match="dataset.max_length"):
@@ -301,7 +304,8 @@ def test_cli_trains_on_real_imdb(tmp_path, data_root, model):
     for run_dir in run_dirs:
         assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["steps"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
+        assert summary["steps"] == 2
+        assert 0.0 <= summary["test_accuracy"] <= 1.0
         environment_record = json.loads((run_dir / "environment.json").read_text())
         assert "byte-level BPE" in environment_record["dataset_variant"]
         config = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -160,3 +160,57 @@ def build_text_cnn(num_classes: int = 2, vocab_size: int = 8000, pad_token_id: i
                    max_length: int | None = None, **kwargs) -> nn.Module:
     """Build :class:`TextCNN`; ``max_length`` is accepted for a uniform signature and unused."""
     return TextCNN(num_classes, vocab_size, pad_token_id, **kwargs)
+
+
+def forward_ad_status(inputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                      vocab_size: int, max_length: int, pad_token_id: int = 1,
+                      device: str | torch.device = "cpu", seed: int = 0) -> list[dict]:
+    """Compare the jvp with backprop's gradient·tangent for the text models on one batch.
+
+    ``roberta`` (small preset, with sdpa and with eager attention) and ``text_cnn`` run in
+    train mode (dropout 0.1, the same RNG seed before both passes) and in eval mode, in float32
+    on ``device``. Returns one dict per check: ``model``, ``mode``, ``status`` (``"ok"`` or the
+    error of an operator without forward-mode AD), ``jvp``, ``grad_dot_tangent`` and
+    ``relative_error``.
+    """
+    import math
+
+    from fwdbwd_lib.gradients import Backprop, ForwardADUnsupportedError, directional_derivative
+    from fwdbwd_lib.losses import cross_entropy
+
+    device = torch.device(device)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    targets = targets.to(device)
+    sizes = dict(vocab_size=vocab_size, max_length=max_length, pad_token_id=pad_token_id)
+    builders = {
+        "roberta (sdpa)": lambda: build_roberta(**sizes, attn_implementation="sdpa"),
+        "roberta (eager)": lambda: build_roberta(**sizes, attn_implementation="eager"),
+        "text_cnn": lambda: build_text_cnn(**sizes),
+    }
+    results = []
+    for name, builder in builders.items():
+        torch.manual_seed(seed)
+        model = builder().to(device)
+        generator = torch.Generator().manual_seed(seed)
+        tangents = {n: torch.randn(p.shape, generator=generator).to(device)
+                    for n, p in model.named_parameters()}
+        for mode in ("train", "eval"):
+            model.train(mode == "train")
+            row = {"model": name, "mode": mode, "status": "ok", "jvp": math.nan,
+                   "grad_dot_tangent": math.nan, "relative_error": math.nan}
+            torch.manual_seed(seed + 1)  # the same dropout masks in both passes
+            model.zero_grad(set_to_none=True)
+            Backprop()(model, cross_entropy, inputs, targets)
+            expected = sum(float((p.grad.double() * tangents[n].double()).sum())
+                           for n, p in model.named_parameters())
+            torch.manual_seed(seed + 1)
+            try:
+                _, derivative, _ = directional_derivative(model, cross_entropy, inputs, targets,
+                                                          tangents)
+            except ForwardADUnsupportedError as error:
+                row["status"] = str(error)
+            else:
+                row.update(jvp=float(derivative), grad_dot_tangent=expected,
+                           relative_error=abs(float(derivative) - expected) / abs(expected))
+            results.append(row)
+    return results
