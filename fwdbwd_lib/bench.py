@@ -191,9 +191,9 @@ QUICK_PLANS = (
     ModelPlan("roberta", "text", {"size": "tiny", "max_length": 64}, "hidden size",
               {64: {}, 128: {"size": "small"}, 256: {"size": "medium"}}, 64, (4, 8, 16), 8,
               sequence_length=64),
-    ModelPlan("text_cnn", "text", {"channels": 128}, "channels",
-              {64: {"channels": 64}, 128: {}, 256: {"channels": 256}}, 128, (16, 32, 64), 32,
-              sequence_length=64),
+    ModelPlan("text_cnn", "text", {"embedding_dim": 64}, "embedding size",
+              {32: {"embedding_dim": 32}, 64: {}, 128: {"embedding_dim": 128}}, 64, (16, 32, 64),
+              32, sequence_length=64),
 )
 
 FULL_PLANS = (
@@ -219,9 +219,9 @@ FULL_PLANS = (
     ModelPlan("roberta", "text", {"size": "small", "max_length": 256}, "hidden size",
               {64: {"size": "tiny"}, 128: {}, 256: {"size": "medium"}, 768: {"size": "base"}},
               128, (16, 64, 256), 64, sequence_length=256),
-    ModelPlan("text_cnn", "text", {"channels": 128}, "channels",
-              {64: {"channels": 64}, 128: {}, 256: {"channels": 256}, 512: {"channels": 512}},
-              128, (64, 256, 1024), 256, sequence_length=256),
+    ModelPlan("text_cnn", "text", {"embedding_dim": 64}, "embedding size",
+              {32: {"embedding_dim": 32}, 64: {}, 128: {"embedding_dim": 128},
+               256: {"embedding_dim": 256}}, 64, (64, 256, 1024), 256, sequence_length=256),
 )
 
 SMOKE_PLANS = (
