@@ -16,7 +16,8 @@ time from it (batch size, model size, number of tangents K):
 
 Each measurement is the median of timed steps after warm-up steps, on CUDA with CUDA events and a
 synchronisation after every step. Peak memory is step-local, with the definition the training
-records use (``fwdbwd_lib.measure.PEAK_MEMORY_DEFINITION``), measured in one extra step. Every
+records use (``fwdbwd_lib.measure.PEAK_MEMORY_DEFINITION``), measured in one extra step, and
+another step counts the FLOPs of matrix products and convolutions (``count_flops``). Every
 step uses SGD with momentum 0.9 and learning rate 0, so all timed steps see the same parameter
 values. Inputs are synthetic tensors of each family's shape, because cost does not depend on
 their values. A last part compares ``fwdbwd_lib.training.train`` with a hand-written loop on the
@@ -160,6 +161,7 @@ class Setting:
     loop_overhead: tuple[tuple[str, int], ...] = ()  # (vision model, batch size)
     loop_steps: int = 20
     measure_memory: bool = True
+    count_flops: bool = True
 
 
 def _resnet_sizes() -> dict[int, dict[str, Any]]:
@@ -172,28 +174,28 @@ QUICK_PLANS = (
               {128: {"hidden_sizes": (128, 128)}, 512: {}, 2048: {"hidden_sizes": (2048, 2048)}},
               512, (32, 128, 512), 128),
     ModelPlan("convnet", "vision", {"width": 32}, "channels of the first convolution",
-              {8: {"width": 8}, 16: {"width": 16}, 32: {}}, 32, (32, 64, 128), 128),
+              {8: {"width": 8}, 16: {"width": 16}, 32: {}}, 32, (32, 128, 512), 128),
     ModelPlan("resnet18", "vision", {}, "layers (ResNet depth)", _resnet_sizes(), 18,
-              (1, 2, 4), 2, timed_steps=5,
-              note="batches of 1 to 4 and 5 timed steps: a backprop step of ResNet-18 at batch "
+              (2, 4, 8), 4, timed_steps=10,
+              note="batches of 2 to 8 and 10 timed steps: a backprop step of ResNet-18 at batch "
                    "128 takes about 12 s on 2 CPU cores"),
     ModelPlan("speech_cnn", "speech", {"channels": 64, "num_layers": 3}, "channels",
-              {32: {"channels": 32}, 64: {}, 128: {"channels": 128}}, 64, (16, 32, 64), 32,
+              {32: {"channels": 32}, 64: {}, 128: {"channels": 128}}, 64, (32, 64, 128), 64,
               sequence_length=50),
     ModelPlan("speech_rnn", "speech", {"hidden_size": 64, "num_layers": 1}, "hidden units",
-              {32: {"hidden_size": 32}, 64: {}, 128: {"hidden_size": 128}}, 64, (8, 16, 32), 16,
+              {32: {"hidden_size": 32}, 64: {}, 128: {"hidden_size": 128}}, 64, (16, 32, 64), 32,
               sequence_length=50),
     ModelPlan("speech_transformer", "speech",
               {"d_model": 64, "num_heads": 4, "num_layers": 2, "ffn_size": 128}, "d_model",
               {32: {"d_model": 32, "ffn_size": 64}, 64: {},
-               128: {"d_model": 128, "ffn_size": 256}}, 64, (8, 16, 32), 16,
+               128: {"d_model": 128, "ffn_size": 256}}, 64, (16, 32, 64), 32,
               sequence_length=50),
     ModelPlan("roberta", "text", {"size": "tiny", "max_length": 64}, "hidden size",
-              {64: {}, 128: {"size": "small"}, 256: {"size": "medium"}}, 64, (4, 8, 16), 8,
+              {64: {}, 128: {"size": "small"}, 256: {"size": "medium"}}, 64, (8, 16, 32), 16,
               sequence_length=64),
     ModelPlan("text_cnn", "text", {"embedding_dim": 64}, "embedding size",
-              {32: {"embedding_dim": 32}, 64: {}, 128: {"embedding_dim": 128}}, 64, (16, 32, 64),
-              32, sequence_length=64),
+              {32: {"embedding_dim": 32}, 64: {}, 128: {"embedding_dim": 128}}, 64, (32, 64, 128),
+              64, sequence_length=64),
 )
 
 FULL_PLANS = (
@@ -234,7 +236,7 @@ SMOKE_PLANS = (
 SETTINGS = {
     "quick": Setting(
         "quick", "CPU setting sized for 2 cores: small models, short sequences, batches up to "
-                 "512 (ResNets up to 4)",
+                 "512 (ResNets up to 8)",
         warmup_steps=2, timed_steps=20, slow_step_s=1.0, slow_measurement_s=5.0,
         min_timed_steps=3, plans=QUICK_PLANS, loop_overhead=(("convnet", 128),), loop_steps=20,
     ),
@@ -358,6 +360,10 @@ def measure(fn: Callable[[], Any], prepare: Callable[[], None], device: torch.de
     if setting.measure_memory:
         prepare()
         _, peak_memory_mib = measure_peak_memory(fn, device)
+    flops = None
+    if setting.count_flops:
+        prepare()
+        flops = count_flops(fn)
 
     q25, median, q75 = np.percentile(times_ms, [25, 50, 75])
     return {
@@ -366,7 +372,23 @@ def measure(fn: Callable[[], Any], prepare: Callable[[], None], device: torch.de
         "timed_steps": steps, "warmup_steps": len(warmup_ms),
         "steps_reduced": steps < setting.timed_steps,
         "peak_memory_mib": peak_memory_mib,
+        "flops": flops,
     }
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Count the FLOPs of the matrix products, convolutions and attention ops ``fn`` dispatches.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-add of the ops it has
+    formulas for, and nothing for elementwise ops, reductions or ops without a formula (the
+    recurrent kernels of ``nn.GRU``). Under forward-mode AD it also counts the product of a
+    weight with the zero tangent of an input that carries none.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 class ModelUnderTest:
@@ -498,6 +520,8 @@ def add_ratios(rows: list[dict]) -> None:
             memory_ok = ok and row["peak_memory_mib"] is not None and other["peak_memory_mib"]
             row[f"memory_ratio_to_{name}"] = (row["peak_memory_mib"] / other["peak_memory_mib"]
                                              if memory_ok else None)
+            flops_ok = ok and row.get("flops") is not None and other.get("flops")
+            row[f"flop_ratio_to_{name}"] = row["flops"] / other["flops"] if flops_ok else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,6 +672,11 @@ def run_benchmark(setting_name: str, device: torch.device, out: Path,
             "forward is an inference pass in eval mode under torch.no_grad()."
         ),
         "peak_memory_definition": PEAK_MEMORY_DEFINITION,
+        "flops_definition": (
+            "FLOPs of the matrix products, convolutions and attention ops dispatched in one step, "
+            "counted by torch.utils.flop_counter.FlopCounterMode (2 per multiply-add); elementwise "
+            "ops and ops without a counting formula (nn.GRU's kernels) count nothing"
+        ),
         "steps": {key: value for key, value in asdict(setting).items()
                   if key not in ("plans", "loop_overhead", "name", "description")},
         "plans": [_plan_record(plan) for plan in plans],

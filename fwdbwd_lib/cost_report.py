@@ -31,6 +31,8 @@ VARIANT_COLORS = {
     "fg_vmap": "#ff7f0e", "tangent_draw": "#2ca02c",
 }
 STEP_VARIANTS = ("backprop", "fg_sequential", "fg_vmap")
+# Columns absent from records written with count_flops off, or where every variant ran.
+OPTIONAL_COLUMNS = ("flops", "flop_ratio_to_forward", "flop_ratio_to_backprop", "reason")
 
 # Baydin et al. 2022, "Gradients without Backpropagation" (arXiv 2202.08587), report the runtime
 # of a forward-gradient step at about 0.59 of a backprop step for their MNIST MLP.
@@ -69,6 +71,9 @@ def load_cost_record(runs_dir: str | Path, setting: str = "quick",
 def measurements_frame(record: dict[str, Any]) -> pd.DataFrame:
     """Return one row per measurement, with ``ok`` true where the variant ran."""
     frame = pd.DataFrame(record["measurements"])
+    for column in OPTIONAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = np.nan
     frame["ok"] = frame["status"] == "ok"
     frame["label"] = frame["variant"].map(VARIANT_LABELS)
     return frame
@@ -81,7 +86,9 @@ def _base(frame: pd.DataFrame) -> pd.DataFrame:
 def _value(frame: pd.DataFrame, variant: str, column: str, num_tangents: int = 1) -> float:
     rows = frame[(frame["variant"] == variant) & (frame["num_tangents"] == num_tangents)
                  & frame["ok"]]
-    return float(rows[column].iloc[0]) if len(rows) else np.nan
+    if column not in rows.columns or rows.empty or pd.isna(rows[column].iloc[0]):
+        return np.nan
+    return float(rows[column].iloc[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,3 +360,20 @@ def loop_overhead_bars(record: dict[str, Any], title: str) -> go.Figure:
     figure.update_layout(title=title, barmode="group", template="plotly_white",
                          yaxis_title="median time per loop iteration (ms)")
     return figure
+
+
+def flop_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tabulate counted FLOPs and measured time per step variant at each base point, K = 1.
+
+    Both are multiples of the inference forward at the same point. ``time per FLOP`` divides the
+    time ratio by the FLOP ratio: 1 means the step ran its arithmetic as fast as the forward pass.
+    """
+    rows = []
+    base = _base(frame)
+    for model, point in base.groupby("model", sort=False):
+        for variant in STEP_VARIANTS:
+            flops = _value(point, variant, "flop_ratio_to_forward")
+            time = _value(point, variant, "time_ratio_to_forward")
+            rows.append({"model": model, "variant": variant, "FLOPs (× forward)": flops,
+                         "time (× forward)": time, "time per FLOP (× forward)": time / flops})
+    return pd.DataFrame(rows)
