@@ -3,7 +3,9 @@
 For each gradient method:
 
 1. Train once per learning rate of the method's grid (seed ``tuning_seed``) and score each run
-   by its final validation accuracy; a diverged run scores lowest.
+   by its final validation accuracy, ties broken by the lower final validation loss (a model
+   still predicting one class everywhere scores the majority share at every rate, while its
+   loss shows which rate made progress); a diverged run scores lowest.
 2. While the best rate sits at an edge of the grid, extend the grid one step further on that
    side (same ratio as the neighbouring points), up to ``max_extensions`` times.
 3. Train the chosen rate with every seed in ``seeds``. The tuning run of the chosen rate is
@@ -83,12 +85,16 @@ def _run_or_reuse(config: dict[str, Any], existing: dict[str, Path]) -> Path:
     return result.run_dir
 
 
-def _score(run_dir: Path) -> float:
+def _score(run_dir: Path) -> tuple[float, float]:
+    """Return (final validation accuracy, minus final validation loss); higher is better."""
     status = read_json(run_dir / "status.json")["status"]
     if status != STATUS_FINISHED:
-        return -math.inf
-    accuracy = read_json(run_dir / "summary.json").get("final_validation_accuracy")
-    return -math.inf if accuracy is None else accuracy
+        return (-math.inf, -math.inf)
+    summary = read_json(run_dir / "summary.json")
+    accuracy, loss = summary.get("final_validation_accuracy"), summary.get("final_validation_loss")
+    if accuracy is None:
+        return (-math.inf, -math.inf)
+    return (accuracy, -math.inf if loss is None or not math.isfinite(loss) else -loss)
 
 
 def _extend(grid: list[float], side: str) -> float:
@@ -115,7 +121,7 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, reuse_existing: bool = Fals
         if len(grid) < 2:
             raise ValueError(f"the learning-rate grid of {method} needs at least 2 values, got {grid}")
         grid = sorted(float(lr) for lr in grid)
-        scores: dict[float, float] = {}
+        scores: dict[float, tuple[float, float]] = {}
         extensions = 0
         while True:
             for lr in grid:
@@ -123,14 +129,15 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, reuse_existing: bool = Fals
                     run_dir = _run_or_reuse(_config_for(plan, runs_dir, method, lr, plan.tuning_seed), existing)
                     scores[lr] = _score(run_dir)
                     tuning.append({"method": method, "lr": lr, "seed": plan.tuning_seed,
-                                   "run_dir": run_dir.name, "score": scores[lr]})
+                                   "run_dir": run_dir.name, "score": scores[lr][0],
+                                   "validation_loss": -scores[lr][1]})
             best = max(grid, key=lambda lr: scores[lr])
             at_edge = None
             if best == grid[0]:
                 at_edge = "low"
             elif best == grid[-1]:
                 at_edge = "high"
-            if at_edge is None or extensions >= plan.max_extensions or math.isinf(scores[best]):
+            if at_edge is None or extensions >= plan.max_extensions or math.isinf(scores[best][0]):
                 break
             logger.info("%s: best rate %g is at the %s edge of the grid; extending", method, best, at_edge)
             grid = sorted(grid + [_extend(grid, at_edge)])

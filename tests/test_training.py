@@ -293,3 +293,29 @@ def test_study_trains_anew_unless_asked_to_reuse(tmp_path):
     third = run_study(plan, tmp_path / "runs", reuse_existing=True)
     assert {row["run_dir"] for row in third["final"]} <= {
         row["run_dir"] for row in first["final"] + second["final"]}
+
+
+def test_study_breaks_accuracy_ties_by_validation_loss(tmp_path, monkeypatch):
+    """Equal validation accuracies (a model predicting one class) go to the lower loss."""
+    import fwdbwd_lib.study as study
+
+    outcomes = {0.1: (0.5, 0.99), 0.3: (0.5, 0.70), 1.0: (0.5, 0.80), 3.0: (None, None)}
+
+    def fake_run(config, existing):
+        lr = config["optimizer"]["lr"]
+        run_dir = tmp_path / f"lr{lr}-seed{config['seed']}"
+        run_dir.mkdir(exist_ok=True)
+        accuracy, loss = outcomes[lr]
+        status = "finished" if accuracy is not None else "diverged"
+        (run_dir / "status.json").write_text(json.dumps({"status": status}))
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"final_validation_accuracy": accuracy, "final_validation_loss": loss}))
+        return run_dir
+
+    monkeypatch.setattr(study, "_run_or_reuse", fake_run)
+    monkeypatch.setattr(study, "load_runs", lambda *args, **kwargs: None)
+    plan = study.StudyPlan(config_path=str(shipped_config()), overrides=["device_id=-1"],
+                           grids={"forward_gradient": [0.1, 0.3, 1.0, 3.0]}, seeds=[0])
+    manifest = study.run_study(plan, tmp_path / "runs")
+    assert manifest["chosen"]["forward_gradient"]["lr"] == 0.3
+    assert manifest["chosen"]["forward_gradient"]["at_edge"] is None
