@@ -22,7 +22,7 @@ logger = logging.getLogger("fwdbwd_lib.run_book")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Chapters that train, in the order they run; the theory page runs too (about a minute).
-CHAPTERS = ("theory", "vision", "text", "speech")
+CHAPTERS = ("theory", "vision", "text", "speech", "cost")
 
 
 def execute_chapter(name: str, device: str | None) -> float:

@@ -39,7 +39,7 @@ CHROMIUM_FLAGS = [
 IGNORED_PAGE_ERRORS = ("'THEBE_JS_URL' has already been declared",)
 LOCAL_URL_SCHEMES = ("file:", "data:", "blob:", "about:")
 # Chapters (book/NAME.ipynb, built to book/NAME.html) whose stored outputs contain Plotly figures.
-CHAPTERS_WITH_FIGURES = ["theory", "vision", "text", "speech"]
+CHAPTERS_WITH_FIGURES = ["theory", "vision", "text", "speech", "cost"]
 PAGE_TIMEOUT_MS = 30_000
 
 
