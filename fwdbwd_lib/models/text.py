@@ -55,6 +55,9 @@ def build_roberta(
     ``roberta-base``) the encoder is loaded from it and a new classification head of
     ``num_classes`` outputs is added; the architecture arguments are then ignored, and the
     tokenizer's vocabulary must fit the checkpoint's embedding table.
+
+    NOTE: the tests load local ``save_pretrained`` folders only; a hub download of
+    ``roberta-base`` has not been exercised.
     """
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
