@@ -182,6 +182,38 @@ def directional_derivative(
     return loss_primal.detach(), loss_tangent.detach(), output_primal.detach()
 
 
+def compare_with_backprop(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    inputs: Any,
+    targets: Any,
+    tangents: Mapping[str, torch.Tensor],
+    rng_seed: int = 0,
+) -> dict[str, Any]:
+    """Compare the jvp ∇L·v of one forward-mode pass with backprop's gradient dotted with v.
+
+    Both passes start from the global RNG seeded with ``rng_seed``, so dropout draws the same
+    masks. Returns ``status`` (``"ok"``, or the message of an operator without forward-mode AD),
+    ``jvp``, ``grad_dot_tangent`` and ``relative_error``. Gradients of ``model`` are overwritten.
+    """
+    row = {"status": "ok", "jvp": float("nan"), "grad_dot_tangent": float("nan"),
+           "relative_error": float("nan")}
+    torch.manual_seed(rng_seed)
+    model.zero_grad(set_to_none=True)
+    Backprop()(model, loss_fn, inputs, targets)
+    expected = sum(float((p.grad.double() * tangents[n].double()).sum())
+                   for n, p in model.named_parameters() if n in tangents and p.grad is not None)
+    torch.manual_seed(rng_seed)
+    try:
+        _, derivative, _ = directional_derivative(model, loss_fn, inputs, targets, tangents)
+    except ForwardADUnsupportedError as error:
+        row["status"] = str(error)
+        return row
+    row.update(jvp=float(derivative), grad_dot_tangent=expected,
+               relative_error=abs(float(derivative) - expected) / abs(expected))
+    return row
+
+
 def tangent_seed(seed: int, step: int, index: int) -> int:
     """Return the generator seed of tangent ``index`` at training step ``step``.
 

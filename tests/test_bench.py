@@ -2,14 +2,14 @@
 the cost chapter executed with papermill on that record and checked with nbval."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from chapter_helpers import (
+    error_outputs, execute_chapter, parameters_source, plotly_outputs, run_nbval,
+)
 from fwdbwd_lib import bench
 from fwdbwd_lib.gradients import ForwardGradient
 from fwdbwd_lib.losses import cross_entropy
@@ -126,39 +126,22 @@ def test_bench_rejects_unknown_model(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def executed_chapter(smoke_record):
-    import papermill
-
-    output = smoke_record / "cost.ipynb"
-    papermill.execute_notebook(str(CHAPTER), str(output),
-                               parameters={"setting": "smoke", "runs_dir": str(smoke_record)},
-                               cwd=str(smoke_record), progress_bar=False)
-    return output
+    return execute_chapter(CHAPTER, smoke_record / "cost.ipynb",
+                           {"setting": "smoke", "runs_dir": str(smoke_record)})
 
 
 def test_chapter_runs_on_smoke_record(executed_chapter):
-    notebook = json.loads(executed_chapter.read_text())
-    outputs = [o for c in notebook["cells"] for o in c.get("outputs", [])]
-    errors = [o for o in outputs if o["output_type"] == "error"]
-    figures = [o for o in outputs
-               if "plotly-graph-div" in "".join(o.get("data", {}).get("text/html", ""))]
-
-    assert not errors
-    assert len(figures) == 7
+    assert not error_outputs(executed_chapter)
+    assert len(plotly_outputs(executed_chapter)) == 7
 
 
 def test_chapter_passes_nbval(executed_chapter):
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         str(executed_chapter)],
-        cwd=executed_chapter.parent, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ),
-    )
+    result = run_nbval(executed_chapter, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_committed_chapter_reads_stored_record():
-    notebook = json.loads(CHAPTER.read_text())
-    parameters = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
+    parameters = parameters_source(CHAPTER)
 
-    assert "rerun = False" in "".join(parameters["source"])
-    assert 'setting = "quick"' in "".join(parameters["source"])
+    assert "rerun = False" in parameters
+    assert 'setting = "quick"' in parameters

@@ -23,7 +23,7 @@ from fwdbwd_lib.gradients import (
     ForwardGradient, directional_derivative, draw_tangents, model_outputs, tangent_seed,
 )
 from fwdbwd_lib.losses import cross_entropy
-from fwdbwd_lib.models.text import TextCNN, build_roberta
+from fwdbwd_lib.models.text import TextCNN, build_roberta, forward_ad_status
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CONFIGS = REPOSITORY / "fwdbwd_lib" / "configs"
@@ -310,3 +310,12 @@ def test_cli_trains_on_real_imdb(tmp_path, data_root, model):
         assert "byte-level BPE" in environment_record["dataset_variant"]
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["dataset"]["tokenizer"] == "bpe"
+
+
+def test_forward_ad_status_reports_every_text_model():
+    inputs, targets = _padded_batch(vocab_size=300)
+    rows = forward_ad_status(inputs, targets, vocab_size=300, max_length=16)
+    assert [row["model"] for row in rows[::2]] == ["roberta (sdpa)", "roberta (eager)", "text_cnn"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["relative_error"] < 1e-4, row

@@ -1,15 +1,14 @@
 """The text chapter: executed by papermill with tiny parameters on the real IMDB copy, checked
 with nbval, and its committed records checked for the protocol the book states."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from chapter_helpers import (
+    error_outputs, execute_chapter, parameters_source, plotly_outputs, run_nbval,
+)
 from fwdbwd_lib.study import load_study, summary_table
 
 pytestmark = pytest.mark.slow
@@ -27,30 +26,18 @@ TINY = {
 FIGURES_PER_MODEL = 4  # learning-rate grid, curves, test accuracy, cost
 
 
-def _plotly_outputs(notebook: dict) -> list:
-    return [o["data"]["text/html"] for c in notebook["cells"] for o in c.get("outputs", [])
-            if "text/html" in o.get("data", {}) and "plotly" in "".join(o["data"]["text/html"])]
-
 
 @pytest.fixture(scope="module")
 def executed_chapter(tmp_path_factory, data_root):
-    import papermill
-
     folder = tmp_path_factory.mktemp("text")
-    output = folder / "text.ipynb"
     parameters = {**TINY, "runs_dir": str(folder / "runs"), "data_root": str(data_root)}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FWDBWD_CACHE", str(folder / "cache"))
-        papermill.execute_notebook(str(CHAPTER), str(output), parameters=parameters,
-                                   cwd=str(folder), progress_bar=False)
-    return output
-
+        return execute_chapter(CHAPTER, folder / "text.ipynb", parameters)
 
 def test_chapter_runs_with_tiny_parameters(executed_chapter):
-    notebook = json.loads(executed_chapter.read_text())
-    errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors
-    assert len(_plotly_outputs(notebook)) == 2 * FIGURES_PER_MODEL
+    assert not error_outputs(executed_chapter)
+    assert len(plotly_outputs(executed_chapter)) == 2 * FIGURES_PER_MODEL
     runs = executed_chapter.parent / "runs"
     for model in ("roberta", "text_cnn"):
         study = load_study(runs / model)
@@ -66,12 +53,7 @@ def test_chapter_runs_with_tiny_parameters(executed_chapter):
 
 def test_chapter_passes_nbval(executed_chapter):
     """nbval re-executes the papermill output cell by cell, training its tiny runs again."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         str(executed_chapter)],
-        cwd=executed_chapter.parent, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ),
-    )
+    result = run_nbval(executed_chapter)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
@@ -98,7 +80,5 @@ def test_committed_records_follow_the_protocol(model):
 
 
 def test_committed_chapter_shows_figures():
-    notebook = json.loads(CHAPTER.read_text())
-    assert len(_plotly_outputs(notebook)) == 2 * FIGURES_PER_MODEL
-    parameters = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
-    assert "rerun = False" in "".join(parameters["source"])
+    assert len(plotly_outputs(CHAPTER)) == 2 * FIGURES_PER_MODEL
+    assert "rerun = False" in parameters_source(CHAPTER)

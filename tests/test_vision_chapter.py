@@ -1,14 +1,13 @@
 """The vision chapter: executed by papermill with tiny parameters on the real CIFAR-10 copy,
 checked with nbval, and its committed records checked for the protocol the book states."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from chapter_helpers import (
+    error_outputs, execute_chapter, parameters_source, plotly_outputs, run_nbval,
+)
 from fwdbwd_lib.study import load_study, summary_table
 
 pytestmark = pytest.mark.slow
@@ -24,23 +23,14 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def executed_chapter(tmp_path_factory, data_root):
-    import papermill
-
     folder = tmp_path_factory.mktemp("vision")
-    output = folder / "vision.ipynb"
     parameters = {**TINY, "runs_dir": str(folder / "runs"), "data_root": str(data_root)}
-    papermill.execute_notebook(str(CHAPTER), str(output), parameters=parameters,
-                               cwd=str(folder), progress_bar=False)
-    return output
-
+    return execute_chapter(CHAPTER, folder / "vision.ipynb", parameters)
 
 def test_chapter_runs_with_tiny_parameters(executed_chapter):
-    notebook = json.loads(executed_chapter.read_text())
-    errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors
-    html = [o["data"]["text/html"] for c in notebook["cells"] for o in c.get("outputs", [])
-            if "text/html" in o.get("data", {}) and "plotly" in "".join(o["data"]["text/html"])]
-    assert len(html) == 4  # learning-rate grid, curves, test accuracy, cost
+    assert not error_outputs(executed_chapter)
+    # The learning-rate grid, curves, test accuracy and cost.
+    assert len(plotly_outputs(executed_chapter)) == 4
 
     study = load_study(executed_chapter.parent / "runs")
     final = study["final"]
@@ -53,12 +43,7 @@ def test_chapter_runs_with_tiny_parameters(executed_chapter):
 
 def test_chapter_passes_nbval(executed_chapter):
     """nbval re-executes the papermill output cell by cell, training its tiny runs again."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-         str(executed_chapter)],
-        cwd=executed_chapter.parent, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ),
-    )
+    result = run_nbval(executed_chapter)
     assert result.returncode == 0, result.stdout[-3000:]
 
 
@@ -87,9 +72,5 @@ def test_committed_records_follow_the_protocol():
 
 
 def test_committed_chapter_shows_figures():
-    notebook = json.loads(CHAPTER.read_text())
-    html = [o["data"]["text/html"] for c in notebook["cells"] for o in c.get("outputs", [])
-            if "text/html" in o.get("data", {}) and "plotly" in "".join(o["data"]["text/html"])]
-    assert len(html) == 4
-    parameters = next(c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", []))
-    assert "rerun = False" in "".join(parameters["source"])
+    assert len(plotly_outputs(CHAPTER)) == 4
+    assert "rerun = False" in parameters_source(CHAPTER)

@@ -392,7 +392,7 @@ def forward_ad_status(device: str | torch.device = "cpu", dtype: torch.dtype = t
     (``"ok"``, or the error of an operator without forward-mode AD), ``jvp``, ``grad_dot_tangent``
     and ``relative_error``.
     """
-    from fwdbwd_lib.gradients import Backprop, ForwardADUnsupportedError, directional_derivative
+    from fwdbwd_lib.gradients import compare_with_backprop
     from fwdbwd_lib.losses import frame_cross_entropy
 
     device = torch.device(device)
@@ -414,22 +414,8 @@ def forward_ad_status(device: str | torch.device = "cpu", dtype: torch.dtype = t
             targets = targets.to(device)
             tangents = {n: torch.randn(p.shape, generator=generator, dtype=dtype).to(device)
                         for n, p in model.named_parameters()}
-            row = {"model": name, "outputs": "frames" if frame_level else "utterance",
-                   "status": "ok", "jvp": math.nan, "grad_dot_tangent": math.nan,
-                   "relative_error": math.nan}
-
-            torch.manual_seed(seed + 1)  # the same dropout masks in both passes
-            model.zero_grad(set_to_none=True)
-            Backprop()(model, frame_cross_entropy, inputs, targets)
-            expected = sum(float((p.grad * tangents[n]).sum()) for n, p in model.named_parameters())
-            torch.manual_seed(seed + 1)
-            try:
-                _, derivative, _ = directional_derivative(model, frame_cross_entropy, inputs,
-                                                          targets, tangents)
-            except ForwardADUnsupportedError as error:
-                row["status"] = str(error)
-            else:
-                row.update(jvp=float(derivative), grad_dot_tangent=expected,
-                           relative_error=abs(float(derivative) - expected) / abs(expected))
-            results.append(row)
+            row = compare_with_backprop(model, frame_cross_entropy, inputs, targets, tangents,
+                                        seed + 1)
+            results.append({"model": name,
+                            "outputs": "frames" if frame_level else "utterance", **row})
     return results

@@ -176,9 +176,7 @@ def forward_ad_status(inputs: dict[str, torch.Tensor], targets: torch.Tensor,
     error of an operator without forward-mode AD), ``jvp``, ``grad_dot_tangent`` and
     ``relative_error``.
     """
-    import math
-
-    from fwdbwd_lib.gradients import Backprop, ForwardADUnsupportedError, directional_derivative
+    from fwdbwd_lib.gradients import compare_with_backprop
     from fwdbwd_lib.losses import cross_entropy
 
     device = torch.device(device)
@@ -199,21 +197,6 @@ def forward_ad_status(inputs: dict[str, torch.Tensor], targets: torch.Tensor,
                     for n, p in model.named_parameters()}
         for mode in ("train", "eval"):
             model.train(mode == "train")
-            row = {"model": name, "mode": mode, "status": "ok", "jvp": math.nan,
-                   "grad_dot_tangent": math.nan, "relative_error": math.nan}
-            torch.manual_seed(seed + 1)  # the same dropout masks in both passes
-            model.zero_grad(set_to_none=True)
-            Backprop()(model, cross_entropy, inputs, targets)
-            expected = sum(float((p.grad.double() * tangents[n].double()).sum())
-                           for n, p in model.named_parameters())
-            torch.manual_seed(seed + 1)
-            try:
-                _, derivative, _ = directional_derivative(model, cross_entropy, inputs, targets,
-                                                          tangents)
-            except ForwardADUnsupportedError as error:
-                row["status"] = str(error)
-            else:
-                row.update(jvp=float(derivative), grad_dot_tangent=expected,
-                           relative_error=abs(float(derivative) - expected) / abs(expected))
-            results.append(row)
+            row = compare_with_backprop(model, cross_entropy, inputs, targets, tangents, seed + 1)
+            results.append({"model": name, "mode": mode, **row})
     return results
