@@ -7,7 +7,9 @@ For each gradient method:
    still predicting one class everywhere scores the majority share at every rate, while its
    loss shows which rate made progress); a diverged run scores lowest.
 2. While the best rate sits at an edge of the grid, extend the grid one step further on that
-   side (same ratio as the neighbouring points), up to ``max_extensions`` times.
+   side (same ratio as the neighbouring points), up to ``max_extensions`` times. A grid whose
+   rates all give the same validation accuracy is not extended, and the manifest marks the
+   choice ``undecided``.
 3. Train the chosen rate with every seed in ``seeds``. The tuning run of the chosen rate is
    reused as the run of ``tuning_seed``, since its config is identical.
 
@@ -137,13 +139,17 @@ def run_study(plan: StudyPlan, runs_dir: str | Path, reuse_existing: bool = Fals
                 at_edge = "low"
             elif best == grid[-1]:
                 at_edge = "high"
-            if at_edge is None or extensions >= plan.max_extensions or math.isinf(scores[best][0]):
+            # When every rate gives the same validation accuracy, none has changed a prediction
+            # and the loss differences that break the tie are too small to steer an extension.
+            undecided = len({scores[lr][0] for lr in grid}) == 1
+            if (at_edge is None or undecided or extensions >= plan.max_extensions
+                    or math.isinf(scores[best][0])):
                 break
             logger.info("%s: best rate %g is at the %s edge of the grid; extending", method, best, at_edge)
             grid = sorted(grid + [_extend(grid, at_edge)])
             extensions += 1
         chosen[method] = {"lr": best, "grid": grid, "extensions": extensions,
-                          "at_edge": at_edge}
+                          "at_edge": at_edge, "undecided": undecided}
 
         for seed in plan.seeds:
             run_dir = _run_or_reuse(_config_for(plan, runs_dir, method, best, seed), existing)

@@ -319,3 +319,26 @@ def test_study_breaks_accuracy_ties_by_validation_loss(tmp_path, monkeypatch):
     manifest = study.run_study(plan, tmp_path / "runs")
     assert manifest["chosen"]["forward_gradient"]["lr"] == 0.3
     assert manifest["chosen"]["forward_gradient"]["at_edge"] is None
+
+
+def test_study_does_not_extend_an_undecided_grid(tmp_path, monkeypatch):
+    """A grid where every rate scores the same accuracy is reported, not extended."""
+    import fwdbwd_lib.study as study
+
+    def fake_run(config, existing):
+        lr = config["optimizer"]["lr"]
+        run_dir = tmp_path / f"lr{lr}-seed{config['seed']}"
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "status.json").write_text(json.dumps({"status": "finished"}))
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"final_validation_accuracy": 0.5, "final_validation_loss": 0.69 + lr}))
+        return run_dir
+
+    monkeypatch.setattr(study, "_run_or_reuse", fake_run)
+    plan = study.StudyPlan(config_path=str(shipped_config()), overrides=["device_id=-1"],
+                           grids={"forward_gradient": [0.1, 0.3, 1.0]}, seeds=[0])
+    chosen = study.run_study(plan, tmp_path / "runs")["chosen"]["forward_gradient"]
+    assert chosen["lr"] == 0.1
+    assert chosen["at_edge"] == "low"
+    assert chosen["undecided"] is True
+    assert chosen["extensions"] == 0
