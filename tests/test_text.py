@@ -140,15 +140,20 @@ def test_model_argument_errors():
 def test_pretrained_checkpoint_is_loaded(tmp_path):
     source = build_roberta(num_classes=2, vocab_size=60, max_length=16, size="tiny")
     source.save_pretrained(tmp_path / "checkpoint")
-    loaded = build_roberta(num_classes=3, vocab_size=60, pretrained=str(tmp_path / "checkpoint"),
-                           attn_implementation="eager")
+    loaded = build_roberta(num_classes=3, vocab_size=60, max_length=16,
+                           pretrained=str(tmp_path / "checkpoint"), attn_implementation="eager")
     embeddings = "roberta.embeddings.word_embeddings.weight"
     assert torch.equal(loaded.state_dict()[embeddings], source.state_dict()[embeddings])
     assert loaded.classifier.out_proj.out_features == 3
     assert loaded.config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="token embeddings"):
-        build_roberta(vocab_size=61, pretrained=str(tmp_path / "checkpoint"))
-    with pytest.raises(ValueError, match="model.pretrained"):
+        build_roberta(vocab_size=61, max_length=16, pretrained=str(tmp_path / "checkpoint"))
+    with pytest.raises(ValueError, match="16 token positions"):
+        build_roberta(vocab_size=60, max_length=64, pretrained=str(tmp_path / "checkpoint"))
+    with pytest.raises(ValueError, match="dataset.tokenizer=bpe"):
+        build_roberta(vocab_size=60, max_length=16, pretrained=str(tmp_path / "checkpoint"),
+                      tokenizer="bpe")
+    with pytest.raises(ValueError, match="not found"):
         build_roberta(pretrained=str(tmp_path / "missing"))
 
 
@@ -180,7 +185,7 @@ def test_pretrained_tokenizer_folder_and_missing_name(tmp_path):
     loaded = load_pretrained_tokenizer(str(tmp_path / "tokenizer"))
     assert loaded.pad_token_id == 1
     assert loaded.encode(texts[:1], 32) == bpe.encode(texts[:1], 32)
-    with pytest.raises(ValueError, match="dataset.tokenizer=bpe"):
+    with pytest.raises(ValueError, match="not found"):
         load_pretrained_tokenizer(str(tmp_path / "no-such-tokenizer"))
 
 
@@ -218,7 +223,8 @@ def test_real_imdb_counts_balance_and_disjoint_splits(data_root):
     assert not train & test
     assert not validation & test
     assert not set(data.train.source_files) & set(data.validation.source_files)
-    assert data.model_kwargs == {"vocab_size": 500, "max_length": 64, "pad_token_id": 1}
+    assert data.model_kwargs == {"vocab_size": 500, "max_length": 64, "pad_token_id": 1,
+                                 "tokenizer": "bpe"}
     assert "<br" not in " ".join(data.train.texts)
     # A fixed split seed selects the same reviews.
     again = load_data("imdb", data_root, train_size=400, validation_size=200, test_size=300,

@@ -250,6 +250,15 @@ def load_pretrained_tokenizer(name: str) -> TextTokenizer:
     """Load a Hugging Face tokenizer by hub name or folder; fail with advice if unavailable."""
     from transformers import AutoTokenizer
 
+    from fwdbwd_lib.models.text import looks_like_path
+
+    path = Path(name).expanduser()
+    if looks_like_path(name) and not path.exists():
+        raise ValueError(
+            f"dataset.tokenizer={name!r}: folder {path} not found; give a folder written by "
+            "save_pretrained, a hub name such as roberta-base, or bpe to train a byte-level BPE "
+            "tokenizer on the training reviews (dataset.tokenizer=bpe)"
+        )
     try:
         backend = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as error:
@@ -392,11 +401,16 @@ def load_imdb(
             [raw[split].source_files[i] for i in index],
         )
     logger.info("IMDB: %d/%d/%d reviews", *(len(datasets[n]) for n in datasets))
+    longest = max((int(d.lengths.max()) for d in datasets.values() if len(d)), default=0)
+    if longest < max_length:
+        # Position embeddings are sized by max_length, so unused positions still cost parameters.
+        logger.warning("dataset.max_length=%d but the longest review has %d tokens; positions "
+                       "beyond %d are never used", max_length, longest, longest)
     splits = DataSplits(
         train=datasets["train"], validation=datasets["validation"], test=datasets["test"],
         num_classes=2,
         model_kwargs={"vocab_size": text_tokenizer.vocab_size, "max_length": max_length,
-                      "pad_token_id": text_tokenizer.pad_token_id},
+                      "pad_token_id": text_tokenizer.pad_token_id, "tokenizer": tokenizer},
         variant=(f"{variant}; validation drawn with split_seed={split_seed}; "
                  f"{text_tokenizer.description}; max_length={max_length}"
                  + ("; <br /> tags replaced by spaces" if strip_html else "")),

@@ -43,6 +43,7 @@ def build_roberta(
     dropout: float = 0.1,
     attn_implementation: str = "sdpa",
     pretrained: str | None = None,
+    tokenizer: str | None = None,
 ) -> nn.Module:
     """Build ``transformers.RobertaForSequenceClassification``.
 
@@ -54,7 +55,9 @@ def build_roberta(
     With ``pretrained`` (a checkpoint folder written by ``save_pretrained`` or a hub name such as
     ``roberta-base``) the encoder is loaded from it and a new classification head of
     ``num_classes`` outputs is added; the architecture arguments are then ignored, and the
-    tokenizer's vocabulary must fit the checkpoint's embedding table.
+    tokenizer's vocabulary must fit the checkpoint's embedding table and ``max_length`` its
+    position table. ``tokenizer`` (passed by the imdb loader) names the tokenizer of the data: a
+    checkpoint needs the tokenizer it was pretrained with, so ``bpe`` is rejected with one.
 
     NOTE: the tests load local ``save_pretrained`` folders only; a hub download of
     ``roberta-base`` has not been exercised.
@@ -67,12 +70,25 @@ def build_roberta(
             f"{', '.join(ATTENTION_IMPLEMENTATIONS)} (both have forward-mode AD on the math kernel)"
         )
     if pretrained:
+        if tokenizer == "bpe":
+            raise ValueError(
+                f"model.pretrained={pretrained!r} needs the tokenizer the checkpoint was "
+                "pretrained with, but dataset.tokenizer=bpe trains a new vocabulary whose ids "
+                "mean nothing to it; set dataset.tokenizer to the checkpoint's tokenizer "
+                "(roberta-base for roberta-base checkpoints, or the checkpoint folder)"
+            )
         model = _load_pretrained_roberta(pretrained, num_classes, dropout, attn_implementation)
         if model.config.vocab_size < vocab_size:
             raise ValueError(
                 f"checkpoint {pretrained!r} has {model.config.vocab_size} token embeddings but the "
                 f"tokenizer has {vocab_size}; use the checkpoint's own tokenizer "
                 "(dataset.tokenizer=roberta-base for roberta-base checkpoints)"
+            )
+        positions = model.config.max_position_embeddings - pad_token_id - 1
+        if max_length > positions:
+            raise ValueError(
+                f"dataset.max_length={max_length} exceeds the {positions} token positions of "
+                f"checkpoint {pretrained!r}; set dataset.max_length={positions} or less"
             )
         return model
     if size not in ROBERTA_SIZES:
@@ -123,13 +139,24 @@ def _load_pretrained_roberta(name: str, num_classes: int, dropout: float,
             ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as error:
-        where = "folder" if Path(name).expanduser().exists() else "hub name"
+        path = Path(name).expanduser()
+        if looks_like_path(name) and not path.exists():
+            raise ValueError(
+                f"model.pretrained={name!r}: folder {path} not found; give a folder written by "
+                "save_pretrained, a hub name such as roberta-base, or null to train from scratch"
+            ) from None
+        where = "folder" if path.exists() else "hub name"
         raise ValueError(
             f"model.pretrained={name!r} could not be loaded as a RoBERTa checkpoint ({where}): "
             f"{str(error).splitlines()[0]}; give a folder written by save_pretrained, or a hub "
             "name on a machine that can download it, or set model.pretrained=null to train "
             "from scratch"
         ) from None
+
+
+def looks_like_path(name: str) -> bool:
+    """Return True for names that are file paths rather than hub names (``./x``, ``/x``, ``~/x``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 class TextCNN(nn.Module):
@@ -160,8 +187,10 @@ class TextCNN(nn.Module):
 
 @register_model("text_cnn")
 def build_text_cnn(num_classes: int = 2, vocab_size: int = 8000, pad_token_id: int = 1,
-                   max_length: int | None = None, **kwargs) -> nn.Module:
-    """Build :class:`TextCNN`; ``max_length`` is accepted for a uniform signature and unused."""
+                   max_length: int | None = None, tokenizer: str | None = None,
+                   **kwargs) -> nn.Module:
+    """Build :class:`TextCNN`; ``max_length`` and ``tokenizer`` are accepted for a uniform
+    signature and unused."""
     return TextCNN(num_classes, vocab_size, pad_token_id, **kwargs)
 
 
