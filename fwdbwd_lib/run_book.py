@@ -38,22 +38,23 @@ def execute_chapter(name: str, device: str | None) -> float:
     start = time.perf_counter()
     papermill.execute_notebook(str(notebook), str(notebook), parameters=parameters,
                                cwd=str(REPOSITORY), progress_bar=False)
-    _hide_injected_parameters(notebook)
+    remove_injected_parameters(notebook)
     return time.perf_counter() - start
 
 
-def _hide_injected_parameters(notebook: Path) -> None:
-    """Tag papermill's injected-parameters cell remove-cell, so the book page omits it.
+def remove_injected_parameters(notebook: Path) -> None:
+    """Delete papermill's injected-parameters cell from an executed chapter.
 
-    The chapter prints the parameters of the study it shows, so the page loses nothing.
+    Papermill replaces that cell only when it is given parameters, so a chapter stored with
+    ``rerun = True`` injected would retrain on a later plain ``papermill`` call. The chapter
+    prints the parameters of the study it shows, and the notebook metadata keeps the ones
+    papermill injected.
     """
     import nbformat
 
     content = nbformat.read(notebook, as_version=4)
-    for cell in content.cells:
-        tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
+    content.cells = [cell for cell in content.cells
+                     if "injected-parameters" not in cell.metadata.get("tags", [])]
     nbformat.write(content, notebook)
 
 

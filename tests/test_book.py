@@ -153,6 +153,14 @@ def test_stored_notebooks_have_figures():
         )
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS_WITH_FIGURES)
+def test_stored_chapter_has_no_injected_parameters(chapter):
+    """An injected cell survives a later plain papermill call, so rerun=True would retrain."""
+    notebook = nbformat.read(REPOSITORY / "book" / f"{chapter}.ipynb", as_version=4)
+    tags = [cell.metadata.get("tags", []) for cell in notebook.cells]
+    assert not any("injected-parameters" in cell_tags for cell_tags in tags)
+
+
 # ---------------------------------------------------------------------------------------------
 # Built book in Chromium
 # ---------------------------------------------------------------------------------------------
