@@ -139,8 +139,8 @@ def memory_per_example(frame: pd.DataFrame) -> pd.DataFrame:
 
     The line is a least-squares fit through (batch size, peak MiB) at the base size with K = 1.
     Its slope is the memory each extra example costs, and an activation tape makes it grow with
-    depth. A variant whose peak changes by less than 1 % across the batches gets no slope (NaN):
-    its peak is then set by memory that does not scale with the batch, such as the tangent and
+    depth. A variant whose peak changes by less than 1 % across the batches gets no slope (NaN).
+    Such a peak is set by memory that does not scale with the batch, for example the tangent and
     the gradient estimate of every parameter.
     """
     rows = []
