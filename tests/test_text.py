@@ -320,7 +320,7 @@ def test_cli_trains_on_real_imdb(tmp_path, data_root, model):
 
 def test_forward_ad_status_reports_every_text_model():
     inputs, targets = _padded_batch(vocab_size=300)
-    rows = forward_ad_status(inputs, targets, vocab_size=300, max_length=16)
+    rows = forward_ad_status(inputs, targets, vocab_size=300, max_length=16, tokenizer="bpe")
     assert [row["model"] for row in rows[::2]] == ["roberta (sdpa)", "roberta (eager)", "text_cnn"]
     for row in rows:
         assert row["status"] == "ok", row

@@ -196,14 +196,16 @@ def build_text_cnn(num_classes: int = 2, vocab_size: int = 8000, pad_token_id: i
 
 def forward_ad_status(inputs: dict[str, torch.Tensor], targets: torch.Tensor,
                       vocab_size: int, max_length: int, pad_token_id: int = 1,
-                      device: str | torch.device = "cpu", seed: int = 0) -> list[dict]:
+                      device: str | torch.device = "cpu", seed: int = 0,
+                      tokenizer: str | None = None) -> list[dict]:
     """Compare the jvp with backprop's gradient·tangent for the text models on one batch.
 
     ``roberta`` (small preset, with sdpa and with eager attention) and ``text_cnn`` run in
     train mode (dropout 0.1, the same RNG seed before both passes) and in eval mode, in float32
     on ``device``. Returns one dict per check: ``model``, ``mode``, ``status`` (``"ok"`` or the
     error of an operator without forward-mode AD), ``jvp``, ``grad_dot_tangent`` and
-    ``relative_error``.
+    ``relative_error``. ``tokenizer`` is unused; it is accepted so that a loader's
+    ``model_kwargs`` can be passed as they are.
     """
     from fwdbwd_lib.gradients import compare_with_backprop
     from fwdbwd_lib.losses import cross_entropy
