@@ -22,7 +22,7 @@ Tokenizers, an explicit choice stored in every run record:
 - any other value is loaded with ``transformers.AutoTokenizer.from_pretrained`` (``roberta-base``
   or a local folder). A tokenizer that cannot be loaded is an error, never a silent switch.
 
-Reviews are truncated to ``max_length`` tokens including ``<s>`` and ``</s>``; each batch is
+Reviews are truncated to ``max_length`` tokens, ``<s>`` and ``</s>`` included. Each batch is
 padded to its longest review and comes with an attention mask (1 on tokens, 0 on padding).
 """
 
@@ -160,7 +160,7 @@ def balanced_sample(labels: np.ndarray, size: int, generator: np.random.Generato
 
 def drop_duplicates(raw: dict[str, ImdbSplit]) -> tuple[dict[str, ImdbSplit], dict[str, int]]:
     """Keep the first copy of each text per split; drop test texts that occur in training."""
-    kept, dropped, seen_in_train = {}, {}, set(raw["train"].texts)
+    deduplicated, dropped, seen_in_train = {}, {}, set(raw["train"].texts)
     for split in ("train", "test"):
         data, seen = raw[split], set()
         keep = []
@@ -169,10 +169,10 @@ def drop_duplicates(raw: dict[str, ImdbSplit]) -> tuple[dict[str, ImdbSplit], di
                 continue
             seen.add(text)
             keep.append(index)
-        kept[split] = ImdbSplit([data.texts[i] for i in keep], data.labels[keep],
+        deduplicated[split] = ImdbSplit([data.texts[i] for i in keep], data.labels[keep],
                                 [data.source_files[i] for i in keep])
         dropped[split] = len(data.texts) - len(keep)
-    return kept, dropped
+    return deduplicated, dropped
 
 
 # ---------------------------------------------------------------------------------------------

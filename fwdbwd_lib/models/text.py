@@ -4,9 +4,9 @@ Both take a padded batch as keyword arguments, ``model(input_ids=..., attention_
 ``attention_mask`` 1 on tokens and 0 on padding, and return class scores (the transformer returns
 a Hugging Face ``SequenceClassifierOutput`` whose ``logits`` the gradient methods read).
 
-Forward gradients need attention kernels with forward-mode AD. The eager implementation has it;
-``sdpa`` has it on the math backend, which ``fwdbwd_lib.gradients.forward_ad_compatible_kernels``
-selects for every forward-gradient pass, while backprop may use the fused kernels.
+Forward gradients need attention kernels with forward-mode AD. The eager implementation has
+it, and ``sdpa`` has it on the math backend. ``fwdbwd_lib.gradients.forward_ad_compatible_kernels``
+selects that backend for every forward-gradient pass, while backprop may use the fused kernels.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def build_roberta(
     ``max_length`` tokens plus RoBERTa's offset of ``pad_token_id + 1``.
 
     With ``pretrained`` (a checkpoint folder written by ``save_pretrained`` or a hub name such as
-    ``roberta-base``) the encoder is loaded from it and a new classification head of
-    ``num_classes`` outputs is added; the architecture arguments are then ignored, and the
-    tokenizer's vocabulary must fit the checkpoint's embedding table and ``max_length`` its
-    position table. ``tokenizer`` (passed by the imdb loader) names the tokenizer of the data: a
-    checkpoint needs the tokenizer it was pretrained with, so ``bpe`` is rejected with one.
+    ``roberta-base``) the encoder is loaded from it, with a new classification head of
+    ``num_classes`` outputs. The architecture arguments are then ignored. The tokenizer's
+    vocabulary must fit the checkpoint's embedding table, and ``max_length`` its position table.
+    ``tokenizer`` (passed by the imdb loader) names the data's tokenizer. A checkpoint needs the
+    tokenizer it was pretrained with, so ``bpe`` is rejected with one.
 
     NOTE: the tests load local ``save_pretrained`` folders only; a hub download of
     ``roberta-base`` has not been exercised.
